@@ -1,3 +1,105 @@
-"""migkit: plan, apply and verify NVIDIA MIG layouts."""
+"""migkit: plan, apply and verify NVIDIA MIG layouts.
+
+A Python library first (``import migkit``), with a CLI that is a drop-in for
+``nvidia-mig-parted`` and a compiled NVML simulator so that everything runs without a GPU.
+
+>>> import migkit
+>>> layout = migkit.solve(migkit.gpu_model("a100-40gb"), {"3g.20gb": 1, "2g.10gb": 1, "1g.5gb": 2})
+>>> [(i.profile, i.start) for i in layout.instances]  # doctest: +SKIP
+[('3g.20gb', 4), ('2g.10gb', 0), ('1g.5gb', 2), ('1g.5gb', 3)]
+
+Names are resolved lazily, so ``import migkit`` stays cheap for command-line use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "ApplyError": "migkit.errors",
+    "ComputeInstance": "migkit.models",
+    "ComputeProfile": "migkit.models",
+    "ConfigError": "migkit.errors",
+    "GpuInstance": "migkit.models",
+    "GpuModel": "migkit.models",
+    "GpuState": "migkit.models",
+    "InUse": "migkit.errors",
+    "InfeasibleError": "migkit.errors",
+    "InsufficientResources": "migkit.errors",
+    "Layout": "migkit.solver",
+    "MigkitError": "migkit.errors",
+    "NoPermission": "migkit.errors",
+    "NotFound": "migkit.errors",
+    "NotSupported": "migkit.errors",
+    "NvmlError": "migkit.errors",
+    "NvmlLibraryNotFound": "migkit.errors",
+    "Placement": "migkit.models",
+    "Profile": "migkit.models",
+    "ReadOnlyError": "migkit.errors",
+    "ResetRequired": "migkit.errors",
+    "UnknownModelError": "migkit.errors",
+    "UnknownProfileError": "migkit.errors",
+    "gpu_model": "migkit.hardware",
+    "gpu_models": "migkit.hardware",
+    "load_config": "migkit.config",
+    "open_node": "migkit.node",
+    "simulate": "migkit.simulator",
+    "solve": "migkit.solver",
+}
+_SUBMODULES = frozenset({"simulator", "errors", "models", "hardware"})
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"migkit.{name}")
+    raise AttributeError(f"module 'migkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, *_SUBMODULES])
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from migkit import hardware, models, simulator
+    from migkit.config import load_config
+    from migkit.errors import (
+        ApplyError,
+        ConfigError,
+        InfeasibleError,
+        InsufficientResources,
+        InUse,
+        MigkitError,
+        NoPermission,
+        NotFound,
+        NotSupported,
+        NvmlError,
+        NvmlLibraryNotFound,
+        ReadOnlyError,
+        ResetRequired,
+        UnknownModelError,
+        UnknownProfileError,
+    )
+    from migkit.hardware import gpu_model, gpu_models
+    from migkit.models import (
+        ComputeInstance,
+        ComputeProfile,
+        GpuInstance,
+        GpuModel,
+        GpuState,
+        Placement,
+        Profile,
+    )
+    from migkit.node import open_node
+    from migkit.simulator import simulate
+    from migkit.solver import Layout, solve

@@ -1,0 +1,195 @@
+"""Bundled MIG hardware tables (``migkit/data/*.json``) as :class:`GpuModel` values.
+
+The tables restate public observations of real GPUs (see each file's ``sources``); every
+profile carries ``mark`` / ``placements_mark`` saying whether its values were observed on
+hardware, derived by a stated rule, or inferred. Compute-instance profiles are not listed in
+the files: they follow the per-GI-size rule observed with ``nvidia-smi mig -lcip`` (see
+:func:`compute_profiles_for`), marked ``inferred`` where no real output exists.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+from typing import Any
+
+from migkit.errors import UnknownModelError
+from migkit.models import ARCH_HOPPER, ComputeProfile, GpuModel, Placement, Profile
+
+# Compute-instance profiles by GI compute-slice count G: (CI profile id/index, C, instances,
+# starts). CI profile IDs equal their indices on every observed part. 2c/3c placements inside
+# 3g and 7g GIs are known only from a mock, so they are inferred.
+_CI_RULES: dict[int, tuple[tuple[int, int, int, tuple[int, ...]], ...]] = {
+    1: ((0, 1, 1, (0,)),),
+    2: ((1, 2, 1, (0,)), (0, 1, 2, (0, 1))),
+    3: ((2, 3, 1, (0,)), (1, 2, 1, (0,)), (0, 1, 3, (0, 1, 2))),
+    4: ((3, 4, 1, (0,)), (1, 2, 2, (0, 2)), (0, 1, 4, (0, 1, 2, 3))),
+    7: ((4, 7, 1, (0,)), (3, 4, 1, (0,)), (2, 3, 2, (0, 4)), (1, 2, 3, (0, 2, 4)), (0, 1, 7, tuple(range(7)))),
+}
+_CI_REV1 = 7  # CI 1_SLICE_REV1: the full-SM CI of a 1g GI with twice the memory (Hopper+)
+
+
+def canonical_from_nvml(nvml_name: str) -> str:
+    """``"MIG 1g.10gb"`` -> ``"1g.10gb"``; ``"MIG 1c.1g.10gb"`` -> ``"1g.10gb"``."""
+    name = nvml_name.removeprefix("MIG ").strip()
+    head, dot, rest = name.partition(".")
+    if head.endswith("c") and dot:
+        c = head[:-1]
+        g = rest.partition("g")[0]
+        if c == g:
+            return rest
+    return name
+
+
+def compute_profiles_for(profile: Profile, architecture: int, base_1g_sms: int) -> tuple[ComputeProfile, ...]:
+    """The compute-instance profiles of GIs of ``profile``, the GI-covering one first."""
+    g = profile.slice_count
+    rules = _CI_RULES.get(g, ((0, g, 1, (0,)),) if g else ())
+    out: list[ComputeProfile] = []
+    observed_full = True
+    for ci_id, c, count, starts in rules:
+        full = c == g
+        name = profile.name if full else f"{c}c.{profile.name}"
+        out.append(
+            ComputeProfile(
+                id=ci_id,
+                index=ci_id,
+                name=name,
+                slice_count=c,
+                instance_count=count,
+                multiprocessors=profile.multiprocessors * c // g,
+                placements=tuple(Placement(s, c) for s in starts),
+                nvml_name=f"MIG {name}",
+                copy_engines=profile.copy_engines,
+                decoders=profile.decoders,
+                encoders=profile.encoders,
+                jpegs=profile.jpegs,
+                ofas=profile.ofas,
+                mark="observed" if (full and observed_full) or g in (1, 2) else "inferred",
+            )
+        )
+    if g == 1 and profile.memory_slices == 2 and architecture >= ARCH_HOPPER:
+        # Hopper+: the 2x-memory 1g GI offers CI 7 with all its SMs (the default) and CI 0
+        # with the SMs of a plain 1g (observed on GH200, nvml-facts §6.9).
+        rev1 = ComputeProfile(
+            id=_CI_REV1,
+            index=_CI_REV1,
+            name=profile.name,
+            slice_count=1,
+            instance_count=1,
+            multiprocessors=profile.multiprocessors,
+            placements=(Placement(0, 1),),
+            nvml_name=f"MIG {profile.name}",
+            copy_engines=profile.copy_engines,
+            decoders=profile.decoders,
+            encoders=profile.encoders,
+            jpegs=profile.jpegs,
+            ofas=profile.ofas,
+        )
+        plain = out[0]
+        out = [rev1, ComputeProfile(**{**_fields(plain), "multiprocessors": base_1g_sms})]
+    return tuple(out)
+
+
+def _fields(cp: ComputeProfile) -> dict[str, Any]:
+    import attrs
+
+    return attrs.asdict(cp, recurse=False)
+
+
+def _profile_from_json(row: dict[str, Any]) -> Profile:
+    return Profile(
+        id=row["id"],
+        index=row["index"],
+        name=canonical_from_nvml(row["name"]),
+        nvml_name=row["name"],
+        slice_count=row["slices"],
+        memory_slices=row["memory_slices"],
+        instance_count=row["instances"],
+        memory_mib=row["memory_mib"],
+        multiprocessors=row["multiprocessors"],
+        placements=tuple(Placement(s, n) for s, n in row["placements"]),
+        copy_engines=row["copy_engines"],
+        decoders=row["decoders"],
+        encoders=row["encoders"],
+        jpegs=row["jpegs"],
+        ofas=row["ofas"],
+        capabilities=row.get("capabilities", 0),
+        device_memory_mib=row.get("device_memory_mib", row["memory_mib"]),
+        mark=row.get("mark", "observed"),
+        placements_mark=row.get("placements_mark", "observed"),
+    )
+
+
+def profile_sort_key(profile: Profile) -> tuple[int, int, int]:
+    """The order ``nvidia-smi mig -lgip`` lists profiles in (19, 20, 15, 14, 9, 5, 0 on H100)."""
+    return (profile.slice_count, profile.memory_mib, profile.index)
+
+
+def _model_from_json(data: dict[str, Any]) -> GpuModel:
+    import attrs
+
+    profiles = sorted((_profile_from_json(r) for r in data["profiles"]), key=profile_sort_key)
+    base_1g = next((p.multiprocessors for p in profiles if p.index == 0 and p.slice_count == 1), 0)
+    profiles = [
+        attrs.evolve(p, compute_profiles=compute_profiles_for(p, data["architecture"], base_1g or p.multiprocessors))
+        for p in profiles
+    ]
+    return GpuModel(
+        name=data["name"],
+        product_name=data["product_name"],
+        pci_device_id=int(data["pci_device_id"], 16),
+        pci_subsystem_id=int(data["pci_subsystem_id"], 16),
+        memory_mib=data["memory_mib"],
+        architecture=data["architecture"],
+        mig_capable=data["mig_capable"],
+        memory_slices=data["memory_slices"],
+        max_mig_devices=data["max_mig_devices"],
+        profiles=tuple(profiles),
+        driver=data.get("driver", ""),
+        sources=tuple(data.get("sources", ())),
+    )
+
+
+@functools.cache
+def _raw_tables() -> dict[str, dict[str, Any]]:
+    tables: dict[str, dict[str, Any]] = {}
+    for entry in resources.files("migkit").joinpath("data").iterdir():
+        if entry.name.endswith(".json"):
+            data = json.loads(entry.read_text(encoding="utf-8"))
+            tables[data["name"]] = data
+    return tables
+
+
+@functools.cache
+def gpu_model(name: str) -> GpuModel:
+    """The bundled hardware table called ``name``, e.g. ``gpu_model("h100-80gb")``."""
+    tables = _raw_tables()
+    if name not in tables:
+        known = ", ".join(sorted(tables))
+        raise UnknownModelError(f"no GPU model {name!r}; known models: {known}")
+    return _model_from_json(tables[name])
+
+
+def gpu_models() -> tuple[GpuModel, ...]:
+    """Every bundled hardware table, sorted by name."""
+    return tuple(gpu_model(name) for name in sorted(_raw_tables()))
+
+
+def auto_placement_order(model_name: str, profile_id: int) -> tuple[int, ...]:
+    """Starts the driver tries, in order, when creating a GI without a placement (inferred)."""
+    for row in _raw_tables()[model_name]["profiles"]:
+        if row["id"] == profile_id:
+            return tuple(row.get("auto_placement_order", [s for s, _ in row["placements"]]))
+    return ()
+
+
+def model_for_pci_id(pci_device_id: int, memory_mib: int | None = None) -> GpuModel | None:
+    """The bundled model with this packed PCI device id (closest total memory on ties)."""
+    matches = [m for m in gpu_models() if m.pci_device_id == pci_device_id]
+    if not matches:
+        return None
+    if memory_mib is None:
+        return matches[0]
+    return min(matches, key=lambda m: abs(m.memory_mib - memory_mib))

@@ -1,0 +1,438 @@
+"""migkit's NVML simulator: simulated nodes for tests, demos and tool builders.
+
+The simulator itself is C (``src/_nvml_sim.c``), compiled into the package as a shared
+library that exports the NVML symbols, so the shim — or NVIDIA's own ``nvidia-ml-py`` —
+drives it exactly as it would drive ``libnvidia-ml.so.1``. The simulated node lives in a
+human-readable state file (``MIGKIT_SIM_STATE``; format in ``docs/simulator-state-format.md``) that this
+module creates from a *spec*: a comma list of ``[N x]MODEL`` such as ``8xh100-80gb`` or
+``2xa100-80gb,1xl40s``.
+
+>>> with simulate("2xh100-80gb") as sim:          # doctest: +SKIP
+...     node = migkit.open_node(sim_state=sim.state_file)
+
+Command line: ``python -m migkit.simulator create SPEC FILE``, ``stats FILE``,
+``reset FILE [GPU ...]``, ``busy FILE GPU GI [CI] [--pid PID]``, ``show FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from typing import Any
+
+import attrs
+
+from migkit.errors import MigkitError, UnknownModelError
+from migkit.models import ARCH_HOPPER, GpuModel
+
+STATE_ENV = "MIGKIT_SIM_STATE"
+FAULTS_ENV = "MIGKIT_SIM_FAULTS"
+LATENCY_ENV = "MIGKIT_SIM_LATENCY_MS"
+DEFAULT_DRIVER = "580.105.08"
+DEFAULT_CUDA = "13.0"
+
+# PCI buses of an 8-GPU HGX board, then a simple continuation.
+_BUSES = (0x18, 0x2A, 0x3A, 0x5D, 0x9A, 0xAB, 0xBA, 0xDB)
+_UUID_NAMESPACE = uuid.UUID("6d1b2f9c-4e8a-5b3d-9f0e-2a7c1e5d8b40")
+_SPEC_ITEM = re.compile(r"^\s*(?:(\d+)\s*[xX*]\s*)?([A-Za-z0-9][A-Za-z0-9.+_-]*)\s*$")
+
+
+class SimulatorError(MigkitError):
+    """A bad simulator spec or state file."""
+
+
+def library_path() -> str:
+    """Path of the compiled simulator library (load it like ``libnvidia-ml.so.1``)."""
+    package = resources.files("migkit")
+    for entry in package.iterdir():
+        if entry.name.startswith("_nvml_sim.") and entry.name.endswith(".so"):
+            return os.fspath(entry)  # type: ignore[call-overload]
+    raise SimulatorError("the compiled simulator (migkit/_nvml_sim*.so) is missing; reinstall migkit")
+
+
+def parse_spec(spec: str) -> tuple[GpuModel, ...]:
+    """``"2xa100-80gb,1xl40s"`` -> the GPU models in PCI order."""
+    from migkit.hardware import gpu_model
+
+    models: list[GpuModel] = []
+    for item in spec.split(","):
+        match = _SPEC_ITEM.match(item)
+        if match is None:
+            raise SimulatorError(f"bad simulator spec item {item!r} in {spec!r} (expected like '8xh100-80gb')")
+        count = int(match.group(1) or 1)
+        if count < 1:
+            raise SimulatorError(f"bad GPU count in {item!r}: must be at least 1")
+        try:
+            model = gpu_model(match.group(2).lower())
+        except UnknownModelError as err:
+            raise SimulatorError(str(err)) from None
+        models.extend([model] * count)
+    if not models:
+        raise SimulatorError("empty simulator spec")
+    if len(models) > 64:
+        raise SimulatorError(f"{len(models)} GPUs in {spec!r}; the simulator supports at most 64")
+    return tuple(models)
+
+
+# --------------------------------------------------------------------------- state records
+
+
+@attrs.define
+class Record:
+    """One line of a state file: ``keyword key=value ... [name=rest of line]``."""
+
+    keyword: str
+    fields: dict[str, str] = attrs.Factory(dict)
+
+    def int(self, key: str, default: int = 0) -> int:
+        value = self.fields.get(key)
+        return default if value is None else int(value, 0)
+
+    def render(self) -> str:
+        parts = [self.keyword]
+        name = None
+        for key, value in self.fields.items():
+            if key == "name":
+                name = value
+                continue
+            parts.append(f"{key}={value}")
+        if name is not None:
+            parts.append(f"name={name}")
+        return " ".join(parts)
+
+
+def parse_state(text: str) -> list[Record]:
+    records: list[Record] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, rest = line.partition(" ")
+        fields: dict[str, str] = {}
+        name_at = rest.find("name=")
+        while name_at > 0 and rest[name_at - 1] != " ":
+            name_at = rest.find("name=", name_at + 1)
+        if name_at >= 0:
+            fields_part, name = rest[:name_at], rest[name_at + 5 :]
+        else:
+            fields_part, name = rest, None
+        for token in fields_part.split():
+            key, _, value = token.partition("=")
+            fields[key] = value
+        if name is not None:
+            fields["name"] = name
+        records.append(Record(keyword, fields))
+    if not records or records[0].keyword != "migkit-sim" or records[0].fields.get("version") != "1":
+        raise SimulatorError("not a migkit simulator state file (missing 'migkit-sim version=1')")
+    return records
+
+
+def render_state(records: Sequence[Record]) -> str:
+    header = "# migkit simulated NVML node; format: docs/simulator-state-format.md. Edit only holding <file>.lock.\n"
+    return header + "".join(r.render() + "\n" for r in records)
+
+
+def _placements(items: Sequence[Any]) -> str:
+    return ",".join(f"{p.start}:{p.size}" for p in items) or "-"
+
+
+def state_records(models: Sequence[GpuModel], *, spec: str = "", driver: str = DEFAULT_DRIVER) -> list[Record]:
+    """The records of a fresh node: every GPU with MIG disabled and no instances."""
+    from migkit.hardware import auto_placement_order
+
+    records = [Record("migkit-sim", {"version": "1"}), Record("driver", {"version": driver, "cuda": DEFAULT_CUDA})]
+    for index, model in enumerate(models):
+        bus = _BUSES[index] if index < len(_BUSES) else 0xE0 + index
+        gpu_uuid = "GPU-" + str(uuid.uuid5(_UUID_NAMESPACE, f"{spec}/{index}/{model.name}"))
+        records.append(
+            Record(
+                "gpu",
+                {
+                    "index": str(index),
+                    "uuid": gpu_uuid,
+                    "bus": f"00000000:{bus:02X}:00.0",
+                    "pci": f"0x{model.pci_device_id:08X}",
+                    "subsys": f"0x{model.pci_subsystem_id:08X}",
+                    "memory": str(model.memory_mib),
+                    "arch": str(model.architecture),
+                    "mig_capable": "1" if model.mig_capable else "0",
+                    "mode": "0",
+                    "pending": "0",
+                    "max_mig": str(model.max_mig_devices),
+                    "minor": str(index),
+                    "name": model.product_name,
+                },
+            )
+        )
+    for index, model in enumerate(models):
+        for p in model.profiles:
+            order = auto_placement_order(model.name, p.id) or tuple(pl.start for pl in p.placements)
+            records.append(
+                Record(
+                    "gip",
+                    {
+                        "gpu": str(index),
+                        "index": f"0x{p.index:X}",
+                        "id": str(p.id),
+                        "slices": str(p.slice_count),
+                        "mslices": str(p.memory_slices),
+                        "instances": str(p.instance_count),
+                        "memory": str(p.memory_mib),
+                        "devmem": str(p.device_memory_mib or p.memory_mib),
+                        "sm": str(p.multiprocessors),
+                        "ce": str(p.copy_engines),
+                        "dec": str(p.decoders),
+                        "enc": str(p.encoders),
+                        "jpeg": str(p.jpegs),
+                        "ofa": str(p.ofas),
+                        "p2p": "0",
+                        "caps": str(p.capabilities),
+                        "placements": _placements(p.placements),
+                        "order": ",".join(str(s) for s in order),
+                        "name": p.nvml_name,
+                    },
+                )
+            )
+            for cp in p.compute_profiles:
+                records.append(
+                    Record(
+                        "cip",
+                        {
+                            "gpu": str(index),
+                            "gip": str(p.id),
+                            "index": f"0x{cp.index:X}",
+                            "id": str(cp.id),
+                            "slices": str(cp.slice_count),
+                            "instances": str(cp.instance_count),
+                            "sm": str(cp.multiprocessors),
+                            "ce": str(cp.copy_engines),
+                            "dec": str(cp.decoders),
+                            "enc": str(cp.encoders),
+                            "jpeg": str(cp.jpegs),
+                            "ofa": str(cp.ofas),
+                            "caps": str(p.capabilities & 0x2 and 0x1),
+                            "placements": _placements(cp.placements),
+                            "name": cp.nvml_name,
+                        },
+                    )
+                )
+    return records
+
+
+# --------------------------------------------------------------------------- file access
+
+
+@contextlib.contextmanager
+def locked(state_file: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold the state file's lock (the C simulator takes the same one)."""
+    with open(os.fspath(state_file) + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _write_unlocked(state_file: str, records: Sequence[Record]) -> None:
+    tmp = f"{state_file}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as out:
+        out.write(render_state(records))
+    os.replace(tmp, state_file)
+
+
+def write_state(state_file: str | os.PathLike[str], spec: str | Sequence[GpuModel]) -> str:
+    """Create (or overwrite) a simulated node at ``state_file``; returns its path."""
+    path = os.fspath(state_file)
+    models = parse_spec(spec) if isinstance(spec, str) else tuple(spec)
+    label = spec if isinstance(spec, str) else ",".join(m.name for m in models)
+    with locked(path):
+        _write_unlocked(path, state_records(models, spec=label))
+    return path
+
+
+def read_state(state_file: str | os.PathLike[str]) -> list[Record]:
+    with locked(state_file), open(state_file, encoding="utf-8") as f:
+        return parse_state(f.read())
+
+
+@contextlib.contextmanager
+def edit_state(state_file: str | os.PathLike[str]) -> Iterator[list[Record]]:
+    """Read, let the caller change the records in place, write back — all under the lock."""
+    path = os.fspath(state_file)
+    with locked(path):
+        with open(path, encoding="utf-8") as f:
+            records = parse_state(f.read())
+        yield records
+        _write_unlocked(path, records)
+
+
+def stats(state_file: str | os.PathLike[str]) -> dict[str, int]:
+    """``{nvml_function: call_count}`` over every process that used this node."""
+    counts: dict[str, int] = {}
+    for record in read_state(state_file):
+        if record.keyword == "calls":
+            for key, value in record.fields.items():
+                counts[key] = counts.get(key, 0) + int(value)
+    return dict(sorted(counts.items()))
+
+
+def reset_gpus(state_file: str | os.PathLike[str], gpus: Sequence[int] | None = None) -> list[int]:
+    """Simulate ``nvidia-smi -r``: pending MIG modes take effect, instances are lost.
+
+    Returns the indices reset. A GPU with a busy instance is not reset (IN_USE on real
+    hardware); :class:`SimulatorError` names it.
+    """
+    with edit_state(state_file) as records:
+        indices = [r.int("index") for r in records if r.keyword == "gpu"]
+        targets = indices if gpus is None else list(gpus)
+        unknown = sorted(set(targets) - set(indices))
+        if unknown:
+            raise SimulatorError(f"no GPU {unknown[0]} in {state_file}")
+        busy = sorted({r.int("gpu") for r in records if r.keyword in ("gi", "ci") and r.int("busy") and r.int("gpu") in targets})
+        if busy:
+            raise SimulatorError(f"GPU {busy[0]} cannot be reset: a process is using one of its instances")
+        for r in records:
+            if r.keyword == "gpu" and r.int("index") in targets:
+                r.fields["mode"] = r.fields.get("pending", "0")
+        records[:] = [r for r in records if not (r.keyword in ("gi", "ci") and r.int("gpu") in targets)]
+        _count(records, "migkitSimResetGpu", len(targets))
+    return targets
+
+
+def _count(records: list[Record], name: str, n: int) -> None:
+    for r in records:
+        if r.keyword == "calls":
+            if name in r.fields:
+                r.fields[name] = str(int(r.fields[name]) + n)
+                return
+    calls = next((r for r in records if r.keyword == "calls"), None)
+    if calls is None:
+        calls = Record("calls")
+        records.append(calls)
+    calls.fields[name] = str(n)
+
+
+def mark_busy(
+    state_file: str | os.PathLike[str], gpu: int, gi: int, ci: int | None = None, pid: int | None = None
+) -> None:
+    """Mark a GPU instance (or one of its compute instances) as used by process ``pid``.
+
+    ``pid=0`` clears the mark. NVML then answers IN_USE when it is destroyed.
+    """
+    value = str(os.getpid() if pid is None else pid)
+    with edit_state(state_file) as records:
+        for r in records:
+            if r.keyword == "gi" and ci is None and r.int("gpu") == gpu and r.int("id") == gi:
+                r.fields["busy"] = value
+                return
+            if r.keyword == "ci" and ci is not None and (r.int("gpu"), r.int("gi"), r.int("id")) == (gpu, gi, ci):
+                r.fields["busy"] = value
+                return
+    what = f"GPU {gpu} GI {gi}" + (f" CI {ci}" if ci is not None else "")
+    raise SimulatorError(f"no {what} in {state_file}")
+
+
+def needs_reset(architecture: int) -> bool:
+    """Whether a MIG mode change waits for a GPU reset (Ampere) or is immediate (Hopper+)."""
+    return architecture < ARCH_HOPPER
+
+
+@attrs.frozen
+class SimulatedNode:
+    """A simulated node made by :func:`simulate`."""
+
+    spec: str
+    state_file: str
+    library_path: str
+
+    def stats(self) -> dict[str, int]:
+        return stats(self.state_file)
+
+    def reset_gpus(self, gpus: Sequence[int] | None = None) -> list[int]:
+        return reset_gpus(self.state_file, gpus)
+
+    def mark_busy(self, gpu: int, gi: int, ci: int | None = None, pid: int | None = None) -> None:
+        mark_busy(self.state_file, gpu, gi, ci, pid)
+
+
+@contextlib.contextmanager
+def simulate(spec: str, state_file: str | os.PathLike[str] | None = None) -> Iterator[SimulatedNode]:
+    """A simulated node for the duration of the ``with`` block.
+
+    Sets ``MIGKIT_SIM_STATE`` so that NVML clients loading the simulator library see the
+    node. With ``state_file`` the node is written there and outlives the block, so other
+    processes (``MIGKIT_SIM_STATE=FILE``, ``migkit.open_node(sim_state=FILE)``) share it;
+    without one it lives in a temporary directory removed on exit.
+    """
+    tmpdir = None
+    if state_file is None:
+        tmpdir = tempfile.mkdtemp(prefix="migkit-sim-")
+        path = os.path.join(tmpdir, "node.state")
+    else:
+        path = os.fspath(state_file)
+    write_state(path, spec)
+    previous = os.environ.get(STATE_ENV)
+    os.environ[STATE_ENV] = path
+    try:
+        yield SimulatedNode(spec=spec, state_file=path, library_path=library_path())
+    finally:
+        if previous is None:
+            os.environ.pop(STATE_ENV, None)
+        else:
+            os.environ[STATE_ENV] = previous
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m migkit.simulator", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("create", help="write a fresh simulated node")
+    p.add_argument("spec")
+    p.add_argument("state_file")
+    p = sub.add_parser("stats", help="print {nvml_function: call_count} as JSON")
+    p.add_argument("state_file")
+    p = sub.add_parser("show", help="print the state file")
+    p.add_argument("state_file")
+    p = sub.add_parser("reset", help="simulate a GPU reset (pending MIG mode takes effect)")
+    p.add_argument("state_file")
+    p.add_argument("gpus", nargs="*", type=int)
+    p = sub.add_parser("busy", help="mark an instance as used by a process (--pid 0 clears)")
+    p.add_argument("state_file")
+    p.add_argument("gpu", type=int)
+    p.add_argument("gi", type=int)
+    p.add_argument("ci", type=int, nargs="?")
+    p.add_argument("--pid", type=int)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "create":
+            print(write_state(args.state_file, args.spec))
+        elif args.command == "stats":
+            print(json.dumps(stats(args.state_file), indent=2))
+        elif args.command == "show":
+            print(render_state(read_state(args.state_file)), end="")
+        elif args.command == "reset":
+            reset_gpus(args.state_file, args.gpus or None)
+        elif args.command == "busy":
+            mark_busy(args.state_file, args.gpu, args.gi, args.ci, args.pid)
+    except (MigkitError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
