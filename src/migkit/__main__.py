@@ -1,0 +1,5 @@
+import sys
+
+from migkit.cli import main
+
+sys.exit(main())
