@@ -1,0 +1,178 @@
+"""The current state of a node as a mig-parted v1 config (``migkit export``).
+
+One spec is built per GPU and the specs are merged exactly as ``nvidia-mig-parted export``
+merges them, so the output has the same entries, filters and ``devices`` values:
+
+1. GPUs whose ``mig-enabled`` and ``mig-devices`` are equal share one entry; their index and
+   filter lists are concatenated, de-duplicated and sorted.
+2. With a single distinct device ID on the node, ``device-filter`` is dropped everywhere; an
+   entry left with one filter prints it as a scalar string.
+3. An entry that covers every GPU of its filters says ``devices: all``.
+4. If one entry remains, its filter is dropped.
+
+>>> doc = export_config(snapshot)                 # doctest: +SKIP
+>>> print(render(doc, "yaml"))                    # doctest: +SKIP
+version: v1
+mig-configs:
+  current:
+  - devices: all
+    mig-enabled: true
+    mig-devices:
+      1g.10gb: 7
+
+:func:`render` is shared with :mod:`migkit.generate`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import yaml
+
+from migkit.hardware import canonical_from_nvml
+from migkit.models import GpuState
+
+__all__ = ["ConfigDocument", "device_id_string", "export_config", "gpu_mig_devices", "render"]
+
+ConfigDocument = dict[str, Any]
+"""A mig-parted v1 document as plain data: ``{"version": "v1", "mig-configs": {...}}``."""
+
+# Keys whose list values upstream prints in flow style (``devices: [0, 2]``).
+_FLOW_KEYS = frozenset({"devices", "device-filter"})
+
+
+def device_id_string(pci_device_id: int) -> str:
+    """The packed PCI device ID as upstream prints it: ``0x233010DE``."""
+    return f"0x{pci_device_id:08X}"
+
+
+def gpu_mig_devices(gpu: GpuState) -> dict[str, int]:
+    """The GPU's current CI-level counts keyed by canonical profile name, sorted by name.
+
+    Each compute instance counts once under its own profile: a CI covering its whole GPU
+    instance under the GI's name (``3g.40gb``), a smaller one as ``1c.3g.40gb``. GPU instances
+    without compute instances contribute nothing (as upstream reads state).
+    """
+    counts: dict[str, int] = {}
+    for gi in gpu.gpu_instances:
+        for ci in gi.compute_instances:
+            name = canonical_from_nvml(ci.profile)
+            counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+@attrs.frozen
+class _GpuSpec:
+    """One merged entry under construction."""
+
+    mig_enabled: bool
+    mig_devices: tuple[tuple[str, int], ...]
+    devices: tuple[int, ...]
+    filters: tuple[str, ...]
+
+
+def export_config(gpus: Sequence[GpuState], label: str = "current") -> ConfigDocument:
+    """The node's current state as a v1 document with one config called ``label``.
+
+    ``gpus`` is the snapshot in PCI order: ``devices: [i]`` means ``gpus[i]``. A GPU that is
+    not MIG-capable, or whose current mode is disabled, exports as ``mig-enabled: false``.
+    """
+    per_gpu: list[_GpuSpec] = []
+    for index, gpu in enumerate(gpus):
+        enabled = gpu.mig_capable and gpu.mig_enabled
+        devices = gpu_mig_devices(gpu) if enabled else {}
+        per_gpu.append(
+            _GpuSpec(
+                mig_enabled=enabled,
+                mig_devices=tuple(devices.items()),
+                devices=(index,),
+                filters=(device_id_string(gpu.pci_device_id),),
+            )
+        )
+    return {"version": "v1", "mig-configs": {label: _merge(per_gpu)}}
+
+
+def _merge(specs: Sequence[_GpuSpec]) -> list[dict[str, Any]]:
+    merged: list[_GpuSpec] = []
+    for spec in specs:
+        for i, existing in enumerate(merged):
+            if (existing.mig_enabled, existing.mig_devices) == (spec.mig_enabled, spec.mig_devices):
+                merged[i] = attrs.evolve(
+                    existing,
+                    devices=tuple(sorted({*existing.devices, *spec.devices})),
+                    filters=tuple(sorted({*existing.filters, *spec.filters})),
+                )
+                break
+        else:
+            merged.append(spec)
+
+    # Every GPU index that carries each device ID (each per-GPU spec has exactly one).
+    devices_by_filter: dict[str, set[int]] = {}
+    for spec in specs:
+        devices_by_filter.setdefault(spec.filters[0], set()).update(spec.devices)
+
+    entries: list[dict[str, Any]] = []
+    for spec in merged:
+        entry: dict[str, Any] = {}
+        if len(devices_by_filter) > 1 and len(merged) > 1:
+            entry["device-filter"] = (
+                spec.filters[0] if len(spec.filters) == 1 else list(spec.filters)
+            )
+        covered = set().union(*(devices_by_filter[f] for f in spec.filters))
+        entry["devices"] = "all" if set(spec.devices) == covered else list(spec.devices)
+        entry["mig-enabled"] = spec.mig_enabled
+        entry["mig-devices"] = dict(spec.mig_devices)
+        entries.append(entry)
+    return entries
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+class _FlowList(list[Any]):
+    """A list that YAML prints in flow style: ``[0, 1]``."""
+
+
+class _Dumper(yaml.SafeDumper):
+    """Safe dumper that knows :class:`_FlowList`."""
+
+
+def _represent_flow_list(dumper: yaml.SafeDumper, data: _FlowList) -> yaml.Node:
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
+
+
+_Dumper.add_representer(_FlowList, _represent_flow_list)
+
+
+def _flow_lists(value: Any, key: str | None = None) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _flow_lists(v, k) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [_flow_lists(v) for v in value]
+        return _FlowList(items) if key in _FLOW_KEYS else items
+    return value
+
+
+def render(doc: Mapping[str, Any], fmt: str = "yaml") -> str:
+    """``doc`` as YAML (default) or indented JSON, ending in a newline.
+
+    YAML keeps the document's key order, prints ``devices`` and ``device-filter`` lists in
+    flow style and everything else in block style; device IDs come out quoted
+    (``'0x233010DE'``) so that any YAML 1.1 reader keeps them as strings.
+    """
+    if fmt == "json":
+        return json.dumps(doc, indent=2) + "\n"
+    if fmt == "yaml":
+        text: str = yaml.dump(
+            _flow_lists(doc),
+            Dumper=_Dumper,
+            default_flow_style=False,
+            sort_keys=False,
+            allow_unicode=True,
+            width=1 << 16,
+        )
+        return text
+    raise ValueError(f"unsupported output format {fmt!r} (use 'yaml' or 'json')")
