@@ -1,0 +1,686 @@
+"""Load, validate, select and write mig-parted v1 configuration files.
+
+The accepted language is exactly mig-parted's (facts §1.1-§1.4), with two deliberate
+deviations: a negative index in ``devices`` and a malformed ``device-filter`` are errors
+instead of silently matching nothing. Every error is a :class:`~migkit.errors.ConfigError`
+carrying the file, line and column of the offending value and one sentence saying what is
+wrong::
+
+    config.yaml:7:9: config "custom", entry 0: "bogus" is not a MIG profile name
+    (expected like "1g.10gb" or "1c.3g.20gb")
+
+YAML is composed with a ``SafeLoader`` subclass (YAML 1.1 scalars, as go-yaml v2 reads them)
+and values are built from the node tree here, so each one keeps its position.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from types import MappingProxyType
+from typing import Any, Literal
+
+import attrs
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from migkit.errors import ConfigError
+from migkit.filters import DeviceFilter
+from migkit.profiles import ProfileCounts, parse_profile_name
+
+__all__ = [
+    "ConfigEntry",
+    "ConfigWarning",
+    "MigConfigFile",
+    "SelectedConfig",
+    "dump_json",
+    "dump_yaml",
+    "load_config",
+    "parse_config",
+    "select",
+]
+
+ENTRY_KEYS = ("devices", "mig-enabled", "mig-devices", "device-filter")
+TOP_KEYS = ("version", "mig-configs")
+_NAME_EXAMPLE = '(expected like "1g.10gb" or "1c.3g.20gb")'
+_TAG = "tag:yaml.org,2002:"
+_BOOL_TRUE = frozenset({"y", "yes", "true", "on"})
+_BOOL_FALSE = frozenset({"n", "no", "false", "off"})
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads YAML 1.1's ``y``/``n`` as booleans, as go-yaml v2 does."""
+
+
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()
+_Loader.add_implicit_resolver(_TAG + "bool", re.compile(r"^(?:y|Y|n|N)$"), list("yYnN"))
+
+
+@attrs.frozen
+class ConfigWarning:
+    """Something accepted but probably unintended; ``str()`` is ``file:line:col: message``."""
+
+    message: str
+    file: str | None = None
+    line: int | None = None
+    column: int | None = None
+
+    def __str__(self) -> str:
+        where = [str(p) for p in (self.file, self.line, self.column) if p is not None]
+        return f"{':'.join(where)}: {self.message}" if where else self.message
+
+
+def _counts_converter(value: Mapping[str, int] | ProfileCounts) -> ProfileCounts:
+    return value if isinstance(value, ProfileCounts) else ProfileCounts(value.items())
+
+
+def _filters_converter(value: Iterable[DeviceFilter]) -> tuple[DeviceFilter, ...]:
+    return tuple(value)
+
+
+def _warnings_converter(value: Iterable[ConfigWarning]) -> tuple[ConfigWarning, ...]:
+    return tuple(value)
+
+
+def _devices_converter(
+    value: str | tuple[int, ...] | list[int],
+) -> Literal["all"] | tuple[int, ...]:
+    if value == "all":
+        return "all"
+    if isinstance(value, str):
+        raise ValueError(f'devices must be "all" or a list of indices, not {value!r}')
+    return tuple(sorted(set(value)))
+
+
+@attrs.frozen
+class ConfigEntry:
+    """One entry of a named config: which GPUs, and what MIG state they should have.
+
+    ``mig_devices`` has canonical names, no zero counts, duplicates summed. ``devices`` is
+    ``"all"`` or sorted, de-duplicated indices. The source position (``file``, ``line``,
+    ``column``, ``profile_marks``) is for messages and does not take part in equality.
+    """
+
+    devices: Literal["all"] | tuple[int, ...] = attrs.field(converter=_devices_converter)
+    mig_enabled: bool
+    mig_devices: ProfileCounts = attrs.field(factory=ProfileCounts, converter=_counts_converter)
+    device_filters: tuple[DeviceFilter, ...] = attrs.field(default=(), converter=_filters_converter)
+    file: str | None = attrs.field(default=None, eq=False)
+    line: int | None = attrs.field(default=None, eq=False)
+    column: int | None = attrs.field(default=None, eq=False)
+    # (canonical name, line, column) of each mig-devices key as first written
+    profile_marks: tuple[tuple[str, int, int], ...] = attrs.field(default=(), eq=False)
+
+    def same_spec(self, other: ConfigEntry) -> bool:
+        """True when both entries ask for the same MIG state (mode and counts)."""
+        return self.mig_enabled == other.mig_enabled and self.mig_devices == other.mig_devices
+
+    def profile_location(self, name: str) -> tuple[str | None, int | None, int | None]:
+        """``(file, line, column)`` of a mig-devices key (by canonical name), else the entry's."""
+        for canonical, line, column in self.profile_marks:
+            if canonical == name:
+                return self.file, line, column
+        return self.file, self.line, self.column
+
+
+def _configs_converter(
+    value: Mapping[str, tuple[ConfigEntry, ...] | list[ConfigEntry]],
+) -> Mapping[str, tuple[ConfigEntry, ...]]:
+    return MappingProxyType({name: tuple(entries) for name, entries in value.items()})
+
+
+@attrs.frozen(unsafe_hash=False)
+class MigConfigFile:
+    """A loaded v1 file: named configs in file order, the source name and any warnings."""
+
+    configs: Mapping[str, tuple[ConfigEntry, ...]] = attrs.field(
+        factory=dict, converter=_configs_converter
+    )
+    file: str | None = attrs.field(default=None, eq=False)
+    warnings: tuple[ConfigWarning, ...] = attrs.field(
+        default=(), converter=_warnings_converter, eq=False
+    )
+
+
+@attrs.frozen
+class SelectedConfig:
+    """The config chosen with ``-c`` (or the only one in the file)."""
+
+    name: str
+    entries: tuple[ConfigEntry, ...]
+
+
+# --------------------------------------------------------------------------------- loading
+
+
+def _looks_like_path(text: str) -> bool:
+    return (
+        "\n" not in text
+        and ": " not in text
+        and not text.lstrip().startswith(("{", "["))
+        and text.rstrip().endswith((".yaml", ".yml", ".json"))
+    )
+
+
+def load_config(source: str | os.PathLike[str], *, name: str | None = None) -> MigConfigFile:
+    """Load a v1 config from a path, or from YAML/JSON text.
+
+    A path-like object, or a string naming an existing file, is read; any other string is the
+    document itself. ``name`` overrides the file name used in messages (e.g. ``"<stdin>"``).
+    Raises :class:`ConfigError`.
+    """
+    path: str | None = None
+    if isinstance(source, os.PathLike):
+        path = os.fspath(source)
+    elif isinstance(source, str):
+        try:
+            if "\n" not in source and os.path.isfile(source):
+                path = source
+        except (OSError, ValueError):
+            path = None
+        if path is None and _looks_like_path(source):
+            raise ConfigError("no such file", file=source.strip())
+    else:
+        raise TypeError(f"load_config expects a path or text, not {type(source).__name__}")
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        except UnicodeDecodeError as err:
+            raise ConfigError(
+                f"the file is not UTF-8 text ({err.reason})", file=name or path
+            ) from None
+        except OSError as err:
+            raise ConfigError(f"cannot read the file: {err.strerror}", file=name or path) from None
+        return parse_config(text, file=name or path)
+    assert isinstance(source, str)
+    return parse_config(source, file=name or "<string>")
+
+
+def parse_config(text: str, *, file: str | None = None) -> MigConfigFile:
+    """Parse and validate a v1 document given as text."""
+    return _Parser(file).parse(text)
+
+
+_Kind = Literal["null", "bool", "int", "float", "str", "map", "list"]
+
+
+class _Parser:
+    def __init__(self, file: str | None) -> None:
+        self.file = file
+        self.warnings: list[ConfigWarning] = []
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def error(self, node: Node | None, reason: str) -> ConfigError:
+        if node is None:
+            return ConfigError(reason, file=self.file)
+        mark = node.start_mark
+        return ConfigError(reason, file=self.file, line=mark.line + 1, column=mark.column + 1)
+
+    def warn(self, node: Node, message: str) -> None:
+        mark = node.start_mark
+        self.warnings.append(ConfigWarning(message, self.file, mark.line + 1, mark.column + 1))
+
+    def scalar(self, node: Node) -> Any:
+        """The Python value of a scalar node (null, bool, int, float or str)."""
+        assert isinstance(node, ScalarNode)
+        tag = node.tag
+        if tag == _TAG + "null":
+            return None
+        if tag == _TAG + "bool":
+            lowered = node.value.lower()
+            if lowered in _BOOL_TRUE:
+                return True
+            if lowered in _BOOL_FALSE:
+                return False
+            raise self.error(node, f"{node.value!r} is not a boolean")
+        if tag in (_TAG + "int", _TAG + "float"):
+            try:
+                if tag.endswith("int"):
+                    return _CONSTRUCTOR.construct_yaml_int(node)
+                return _CONSTRUCTOR.construct_yaml_float(node)
+            except (ValueError, yaml.YAMLError):
+                raise self.error(node, f"{node.value!r} is not a valid number") from None
+        if tag in (_TAG + "str", _TAG + "timestamp"):
+            return node.value
+        raise self.error(node, f"unsupported YAML tag {tag!r}")
+
+    def kind(self, node: Node) -> _Kind:
+        if isinstance(node, MappingNode):
+            return "map"
+        if isinstance(node, SequenceNode):
+            return "list"
+        value = self.scalar(node)
+        if value is None:
+            return "null"
+        if isinstance(value, bool):
+            return "bool"
+        if isinstance(value, int):
+            return "int"
+        if isinstance(value, float):
+            return "float"
+        return "str"
+
+    def describe(self, node: Node) -> str:
+        """A short description of a value for messages: ``the string "All"``, ``a list``."""
+        kind = self.kind(node)
+        if kind == "map":
+            return "a mapping"
+        if kind == "list":
+            return "a list"
+        if kind == "null":
+            return "null"
+        value = self.scalar(node)
+        if kind == "str":
+            return f"the string {json.dumps(value)}"
+        if kind == "bool":
+            return f"the boolean {'true' if value else 'false'}"
+        return f"the number {node.value}"
+
+    def items(self, node: MappingNode, depth: int = 0) -> list[tuple[str, Node, Node]]:
+        """Key/value pairs of a mapping with string keys, merge keys applied, duplicates refused."""
+        if depth > 32:
+            raise self.error(node, "merge keys nest too deeply")
+        explicit: list[tuple[str, Node, Node]] = []
+        merged: list[tuple[str, Node, Node]] = []
+        for key_node, value_node in node.value:
+            if key_node.tag == _TAG + "merge":
+                sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
+                for source in sources:
+                    if not isinstance(source, MappingNode):
+                        raise self.error(source, "a merge key (<<) must refer to a mapping")
+                    merged.extend(self.items(source, depth + 1))
+                continue
+            if not isinstance(key_node, ScalarNode):
+                raise self.error(key_node, "mapping keys must be plain strings")
+            key = self.scalar(key_node)
+            if isinstance(key, bool):
+                key = "true" if key else "false"
+            elif isinstance(key, int):
+                key = str(key)
+            elif not isinstance(key, str):
+                raise self.error(
+                    key_node, f"mapping keys must be strings, not {self.describe(key_node)}"
+                )
+            explicit.append((key, key_node, value_node))
+        seen: dict[str, Node] = {}
+        for key, key_node, _ in explicit:
+            if key in seen:
+                first = seen[key].start_mark.line + 1
+                raise self.error(
+                    key_node, f"key {json.dumps(key)} appears twice (first on line {first})"
+                )
+            seen[key] = key_node
+        result = list(explicit)
+        for key, key_node, value_node in merged:
+            if key not in seen:
+                seen[key] = key_node
+                result.append((key, key_node, value_node))
+        return result
+
+    # -- structure ---------------------------------------------------------------------------
+
+    def parse(self, text: str) -> MigConfigFile:
+        loader = _Loader(text)
+        try:
+            root = loader.get_single_node()
+        except yaml.MarkedYAMLError as err:
+            mark = err.problem_mark or err.context_mark
+            problem = err.problem or err.context or "invalid YAML"
+            if mark is None:
+                raise ConfigError(f"not valid YAML: {problem}", file=self.file) from None
+            raise ConfigError(
+                f"not valid YAML: {problem}",
+                file=self.file,
+                line=mark.line + 1,
+                column=mark.column + 1,
+            ) from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"not valid YAML: {err}", file=self.file) from None
+        finally:
+            loader.dispose()
+        configs = self.top(root) if root is not None else {}
+        return MigConfigFile(configs, self.file, tuple(self.warnings))
+
+    def top(self, root: Node) -> dict[str, tuple[ConfigEntry, ...]]:
+        if isinstance(root, ScalarNode) and self.kind(root) == "null":
+            return {}
+        if not isinstance(root, MappingNode):
+            raise self.error(
+                root,
+                "the file must be a mapping with version and mig-configs, "
+                f"not {self.describe(root)}",
+            )
+        pairs = self.items(root)
+        if not pairs:
+            return {}
+        by_key = {key: (key_node, value) for key, key_node, value in pairs}
+        if "version" not in by_key:
+            raise self.error(root, "the file has no version (add: version: v1)")
+        version_node = by_key["version"][1]
+        if self.kind(version_node) != "str" or self.scalar(version_node) != "v1":
+            raise self.error(
+                version_node, f'version must be "v1", not {self.describe(version_node)}'
+            )
+        for key, key_node, _ in pairs:
+            if key not in TOP_KEYS:
+                raise self.error(key_node, self.unexpected(key, TOP_KEYS, "at the top level"))
+        if "mig-configs" not in by_key:
+            return {}
+        configs_node = by_key["mig-configs"][1]
+        if not isinstance(configs_node, MappingNode):
+            if self.kind(configs_node) == "null":
+                raise self.error(
+                    configs_node, "mig-configs is empty; it must hold at least one config"
+                )
+            raise self.error(
+                configs_node,
+                "mig-configs must map config names to lists of entries, "
+                f"not {self.describe(configs_node)}",
+            )
+        config_pairs = self.items(configs_node)
+        if not config_pairs:
+            raise self.error(configs_node, "mig-configs is empty; it must hold at least one config")
+        return {name: self.config(name, value) for name, _, value in config_pairs}
+
+    def unexpected(self, key: str, allowed: tuple[str, ...], where: str) -> str:
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f'; did you mean "{close[0]}"?' if close else f" (expected {', '.join(allowed)})"
+        return f"unexpected key {json.dumps(key)} {where}{hint}"
+
+    def config(self, name: str, node: Node) -> tuple[ConfigEntry, ...]:
+        where = f"config {json.dumps(name)}"
+        if not isinstance(node, SequenceNode):
+            if self.kind(node) == "null":
+                raise self.error(node, f"{where} is empty; it must be a list of entries")
+            raise self.error(node, f"{where} must be a list of entries, not {self.describe(node)}")
+        if not node.value:
+            raise self.error(node, f"{where} is empty; it must be a list of entries")
+        return tuple(self.entry(f"{where}, entry {k}", item) for k, item in enumerate(node.value))
+
+    def entry(self, where: str, node: Node) -> ConfigEntry:
+        if not isinstance(node, MappingNode):
+            raise self.error(
+                node,
+                f"{where}: an entry must be a mapping with devices and mig-enabled, "
+                f"not {self.describe(node)}",
+            )
+        pairs = self.items(node)
+        fields: dict[str, Node] = {}
+        for key, key_node, value in pairs:
+            if key not in ENTRY_KEYS:
+                raise self.error(
+                    key_node, f"{where}: " + self.unexpected(key, ENTRY_KEYS, "in an entry")
+                )
+            fields[key] = value
+        devices = self.devices(where, node, fields.get("devices"))
+        enabled_node = fields.get("mig-enabled")
+        if enabled_node is None or self.kind(enabled_node) == "null":
+            raise self.error(
+                enabled_node or node, f"{where}: mig-enabled is required (true or false)"
+            )
+        if self.kind(enabled_node) != "bool":
+            raise self.error(
+                enabled_node,
+                f"{where}: mig-enabled must be true or false, not {self.describe(enabled_node)}",
+            )
+        enabled = bool(self.scalar(enabled_node))
+        counts, marks = self.mig_devices(where, node, enabled, fields.get("mig-devices"))
+        filters = self.device_filters(where, fields.get("device-filter"))
+        mark = node.start_mark
+        return ConfigEntry(
+            devices=devices,
+            mig_enabled=enabled,
+            mig_devices=counts,
+            device_filters=filters,
+            file=self.file,
+            line=mark.line + 1,
+            column=mark.column + 1,
+            profile_marks=marks,
+        )
+
+    def devices(
+        self, where: str, entry: Node, node: Node | None
+    ) -> Literal["all"] | tuple[int, ...]:
+        expected = 'devices must be "all" or a list of GPU indices'
+        if node is None or (isinstance(node, ScalarNode) and self.kind(node) == "null"):
+            raise self.error(
+                node or entry, f'{where}: devices is required ("all" or a list of GPU indices)'
+            )
+        if isinstance(node, SequenceNode):
+            indices: list[int] = []
+            for item in node.value:
+                kind = self.kind(item)
+                if kind != "int":
+                    raise self.error(
+                        item, f"{where}: a GPU index must be an integer, not {self.describe(item)}"
+                    )
+                value = self.scalar(item)
+                if value < 0:
+                    raise self.error(item, f"{where}: GPU index {value} is negative")
+                indices.append(value)
+            if not indices:
+                self.warn(node, f"{where}: devices is an empty list, so the entry covers no GPU")
+            return tuple(sorted(set(indices)))
+        kind = self.kind(node)
+        if kind == "str" and self.scalar(node) == "all":
+            return "all"
+        if kind == "int":
+            raise self.error(
+                node, f"{where}: {expected}, not {self.describe(node)} (write [{node.value}])"
+            )
+        raise self.error(node, f"{where}: {expected}, not {self.describe(node)}")
+
+    def mig_devices(
+        self, where: str, entry: Node, enabled: bool, node: Node | None
+    ) -> tuple[ProfileCounts, tuple[tuple[str, int, int], ...]]:
+        absent = node is None or (isinstance(node, ScalarNode) and self.kind(node) == "null")
+        if absent:
+            if enabled:
+                raise self.error(
+                    node or entry,
+                    f"{where}: mig-devices is required when mig-enabled is true "
+                    f"(use {{}} for no instances)",
+                )
+            return ProfileCounts(), ()
+        assert node is not None
+        if not isinstance(node, MappingNode):
+            raise self.error(
+                node,
+                f"{where}: mig-devices must map profile names to counts, not {self.describe(node)}",
+            )
+        pairs = self.items(node)
+        if pairs and not enabled:
+            raise self.error(node, f"{where}: mig-devices must be empty when mig-enabled is false")
+        items: list[tuple[str, int]] = []
+        marks: dict[str, tuple[int, int]] = {}
+        for key, key_node, value in pairs:
+            if self.kind(key_node) != "str":
+                raise self.error(
+                    key_node,
+                    f"{where}: {json.dumps(key)} is not a MIG profile name {_NAME_EXAMPLE}",
+                )
+            try:
+                name = parse_profile_name(key)
+            except ValueError:
+                raise self.error(
+                    key_node,
+                    f"{where}: {json.dumps(key)} is not a MIG profile name {_NAME_EXAMPLE}",
+                ) from None
+            kind = self.kind(value)
+            if kind != "int":
+                raise self.error(
+                    value,
+                    f"{where}: the count of {key} must be a whole number, "
+                    f"not {self.describe(value)}",
+                )
+            count = self.scalar(value)
+            if count < 0:
+                raise self.error(
+                    value, f"{where}: the count of {key} must not be negative ({count})"
+                )
+            canonical = name.canonical
+            items.append((canonical, count))
+            mark = key_node.start_mark
+            marks.setdefault(canonical, (mark.line + 1, mark.column + 1))
+        counts = ProfileCounts(items)
+        if pairs and not counts:
+            raise self.error(
+                node,
+                f"{where}: every count in mig-devices is 0; use mig-devices: {{}} for no instances",
+            )
+        return counts, tuple((n, line, col) for n, (line, col) in marks.items() if n in counts)
+
+    def device_filters(self, where: str, node: Node | None) -> tuple[DeviceFilter, ...]:
+        if node is None:
+            return ()
+        if isinstance(node, SequenceNode):
+            return tuple(self.one_filter(where, item) for item in node.value)
+        if isinstance(node, ScalarNode):
+            if self.kind(node) == "null":
+                return ()
+            return (self.one_filter(where, node),)
+        raise self.error(
+            node,
+            f"{where}: device-filter must be a device ID string or a list of them, not a mapping",
+        )
+
+    def one_filter(self, where: str, node: Node) -> DeviceFilter:
+        kind = self.kind(node)
+        if kind not in ("str", "int"):
+            raise self.error(
+                node,
+                f'{where}: a device-filter must be a device ID string like "0x233010DE", '
+                f"not {self.describe(node)}",
+            )
+        text = node.value
+        try:
+            parsed, bases = DeviceFilter.parse_with_bases(text)
+        except ValueError as err:
+            raise self.error(node, f"{where}: {err}") from None
+        if kind == "int":
+            self.warn(
+                node,
+                f"{where}: device-filter {text} was read as a number; quote device IDs "
+                f'("{parsed}")',
+            )
+        elif parsed.matches_all:
+            self.warn(node, f'{where}: device-filter "" matches every GPU')
+        elif any(base != 16 for base in bases):
+            self.warn(
+                node, f'{where}: device-filter {text} is not hexadecimal; write it as "{parsed}"'
+            )
+        return parsed
+
+
+# --------------------------------------------------------------------------------- selecting
+
+
+def select(config_file: MigConfigFile, name: str | None = None) -> SelectedConfig:
+    """Pick the config named ``name``, or the only config when ``name`` is None (facts §2.3)."""
+    names = list(config_file.configs)
+    if not names:
+        raise ConfigError("the file has no MIG configs to select", file=config_file.file)
+    if name is None:
+        if len(names) > 1:
+            raise ConfigError(
+                f"the file has {len(names)} configs ({', '.join(names)}); select one with "
+                f"-c/--selected-config",
+                file=config_file.file,
+            )
+        name = names[0]
+    elif name not in config_file.configs:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f'; did you mean "{close[0]}"?' if close else f"; it has: {', '.join(names)}"
+        raise ConfigError(
+            f"config {json.dumps(name)} is not in the file{hint}", file=config_file.file
+        )
+    return SelectedConfig(name, config_file.configs[name])
+
+
+# --------------------------------------------------------------------------------- writing
+
+
+def _entry_dict(entry: ConfigEntry) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    if entry.device_filters:
+        rendered = [str(f) for f in entry.device_filters]
+        data["device-filter"] = rendered[0] if len(rendered) == 1 else rendered
+    data["devices"] = "all" if entry.devices == "all" else list(entry.devices)
+    data["mig-enabled"] = entry.mig_enabled
+    if entry.mig_enabled:
+        data["mig-devices"] = dict(entry.mig_devices)
+    return data
+
+
+def to_document(config_file: MigConfigFile) -> dict[str, Any]:
+    """The file as plain data (what :func:`dump_json` writes)."""
+    document: dict[str, Any] = {"version": "v1"}
+    if config_file.configs:
+        document["mig-configs"] = {
+            name: [_entry_dict(e) for e in entries] for name, entries in config_file.configs.items()
+        }
+    return document
+
+
+def dump_json(config_file: MigConfigFile) -> str:
+    """The file as indented JSON (which is also valid v1 YAML)."""
+    return json.dumps(to_document(config_file), indent=2) + "\n"
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+/-]*")
+
+
+def _yaml_str(text: str) -> str:
+    """``text`` as a YAML scalar that loads back as the same string."""
+    if _PLAIN.fullmatch(text) and not text.endswith(":"):
+        loaded = yaml.load(text, Loader=_Loader)
+        if loaded == text:
+            return text
+    return json.dumps(text)
+
+
+def _flow(values: list[str]) -> str:
+    return "[" + ", ".join(values) + "]"
+
+
+def dump_yaml(config_file: MigConfigFile) -> str:
+    """The file as YAML in mig-parted's layout, with flow style for devices and filters."""
+    lines = ["version: v1"]
+    if config_file.configs:
+        lines.append("mig-configs:")
+    for name, entries in config_file.configs.items():
+        lines.append(f"  {_yaml_str(name)}:")
+        for entry in entries:
+            body: list[str] = []
+            if entry.device_filters:
+                rendered = [json.dumps(str(f)) for f in entry.device_filters]
+                body.append(
+                    f"device-filter: {rendered[0] if len(rendered) == 1 else _flow(rendered)}"
+                )
+            devices = "all" if entry.devices == "all" else _flow([str(i) for i in entry.devices])
+            body.append(f"devices: {devices}")
+            body.append(f"mig-enabled: {'true' if entry.mig_enabled else 'false'}")
+            if entry.mig_enabled:
+                if entry.mig_devices:
+                    body.append("mig-devices:")
+                    body.extend(
+                        f"  {_yaml_str(profile)}: {count}"
+                        for profile, count in entry.mig_devices.items()
+                    )
+                else:
+                    body.append("mig-devices: {}")
+            lines.append(f"    - {body[0]}")
+            lines.extend(f"      {line}" for line in body[1:])
+    return "\n".join(lines) + "\n"
+
+
+def iter_entries(config_file: MigConfigFile) -> Iterator[tuple[str, int, ConfigEntry]]:
+    """Every ``(config name, entry index, entry)`` in file order."""
+    for name, entries in config_file.configs.items():
+        for k, entry in enumerate(entries):
+            yield name, k, entry

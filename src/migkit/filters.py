@@ -1,0 +1,282 @@
+"""Device filters (``device-filter``) and which config entry governs which GPU.
+
+A filter is ``<devicevendor>`` or ``<devicevendor>:<subsystem>``, each half a 32-bit number
+(``0x20B010DE`` = PCI device 0x20B0 of vendor 0x10DE), parsed with Go's base-0 rules as
+mig-parted does. migkit rejects what mig-parted silently turns into a never-matching filter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import attrs
+
+from migkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from migkit.config import ConfigEntry
+
+__all__ = [
+    "Coverage",
+    "DeviceFilter",
+    "GpuCoverage",
+    "GpuIds",
+    "effective_specs",
+]
+
+_UINT32_MAX = 0xFFFFFFFF
+_EXPECTED = "expected 0xDDDDVVVV or 0xDDDDVVVV:0xSSSSVVVV, e.g. 0x233010DE"
+
+
+def _underscores_ok(text: str) -> bool:
+    """Go's rule: ``_`` only between digits, or between a base prefix and a digit."""
+    saw = "^"
+    i = 0
+    is_hex = False
+    if len(text) >= 2 and text[0] == "0" and text[1].lower() in "bxo":
+        i = 2
+        saw = "0"
+        is_hex = text[1].lower() == "x"
+    for char in text[i:]:
+        if char.isdigit() or (is_hex and char.lower() in "abcdef"):
+            saw = "0"
+        elif char == "_":
+            if saw != "0":
+                return False
+            saw = "_"
+        else:
+            if saw == "_":
+                return False
+            saw = "!"
+    return saw != "_"
+
+
+def parse_go_uint32(text: str) -> tuple[int, int]:
+    """Parse like Go ``strconv.ParseUint(text, 0, 32)``; returns ``(value, base)``.
+
+    Raises ``ValueError`` with the reason.
+    """
+    if not text:
+        raise ValueError("the number is empty")
+    base = 10
+    digits = text
+    if text[0] == "0" and len(text) > 1:
+        prefix = text[1].lower()
+        if prefix == "x":
+            base, digits = 16, text[2:]
+        elif prefix == "o":
+            base, digits = 8, text[2:]
+        elif prefix == "b":
+            base, digits = 2, text[2:]
+        else:
+            base, digits = 8, text[1:]
+    if "_" in text and not _underscores_ok(text):
+        raise ValueError(f"{text!r} has a misplaced '_'")
+    digits = digits.replace("_", "")
+    allowed = "0123456789abcdef"[:base]
+    if not digits or any(ch.lower() not in allowed for ch in digits):
+        raise ValueError(f"{text!r} is not a base-{base} number")
+    value = int(digits, base)
+    if value > _UINT32_MAX:
+        raise ValueError(f"{text!r} does not fit in 32 bits")
+    return value, base
+
+
+@attrs.frozen(order=True)
+class DeviceFilter:
+    """One ``device-filter`` value.
+
+    ``device`` is the packed device/vendor ID (``None`` for the empty filter ``""``, which
+    matches every GPU); ``subsystem`` the packed subsystem device/vendor ID, if given.
+    ``str()`` gives the canonical ``0x%08X[:0x%08X]`` spelling.
+    """
+
+    device: int | None
+    subsystem: int | None = None
+
+    @property
+    def matches_all(self) -> bool:
+        return self.device is None
+
+    @classmethod
+    def parse(cls, text: str) -> DeviceFilter:
+        """Parse ``"0x233010DE"``, ``"0x233010DE:0x16C010DE"`` or ``""``.
+
+        Raises ``ValueError`` naming the value and the expected form.
+        """
+        return cls.parse_with_bases(text)[0]
+
+    @classmethod
+    def parse_with_bases(cls, text: str) -> tuple[DeviceFilter, tuple[int, ...]]:
+        """Like :meth:`parse`, also returning the base each half was written in."""
+        if text == "":
+            return cls(None), ()
+        halves = text.split(":")
+        if len(halves) > 2:
+            raise ValueError(f"device filter {text!r} has more than one ':' ({_EXPECTED})")
+        values: list[int] = []
+        bases: list[int] = []
+        for half in halves:
+            try:
+                value, base = parse_go_uint32(half)
+            except ValueError as err:
+                raise ValueError(
+                    f"device filter {text!r} is not a device ID: {err} ({_EXPECTED})"
+                ) from None
+            values.append(value)
+            bases.append(base)
+        subsystem = values[1] if len(values) == 2 else None
+        return cls(values[0], subsystem), tuple(bases)
+
+    def matches(self, pci_device_id: int, pci_subsystem_id: int) -> bool:
+        """True if a GPU with these packed IDs matches.
+
+        Without a subsystem only the device/vendor ID is compared (every board variant
+        matches); with one, the subsystem must be equal too.
+        """
+        if self.device is None:
+            return True
+        if self.device != pci_device_id:
+            return False
+        return self.subsystem is None or self.subsystem == pci_subsystem_id
+
+    def __str__(self) -> str:
+        if self.device is None:
+            return ""
+        if self.subsystem is None:
+            return f"0x{self.device:08X}"
+        return f"0x{self.device:08X}:0x{self.subsystem:08X}"
+
+
+def filters_match(
+    filters: Sequence[DeviceFilter], pci_device_id: int, pci_subsystem_id: int
+) -> bool:
+    """An entry's filter list matches if it is empty or any one filter matches."""
+    return not filters or any(f.matches(pci_device_id, pci_subsystem_id) for f in filters)
+
+
+class GpuIds(Protocol):
+    """What coverage needs to know about a GPU (``GpuModel`` and ``GpuState`` both fit)."""
+
+    @property
+    def pci_device_id(self) -> int: ...
+
+    @property
+    def pci_subsystem_id(self) -> int: ...
+
+    @property
+    def mig_capable(self) -> bool: ...
+
+
+CoverageStatus = Literal["covered", "not covered", "skipped"]
+
+
+@attrs.frozen
+class GpuCoverage:
+    """Which entry governs GPU ``index``.
+
+    ``status`` is ``"covered"`` (``entry`` is the effective spec), ``"not covered"`` (no entry
+    covers it: it is left untouched) or ``"skipped"`` (not MIG-capable, reached only through
+    ``devices: all`` by an entry that wants MIG enabled: left untouched). ``covering`` lists
+    every entry index that covers the GPU, in list order.
+    """
+
+    index: int
+    status: CoverageStatus
+    entry: ConfigEntry | None = None
+    entry_index: int | None = None
+    covering: tuple[int, ...] = ()
+
+    @property
+    def covered(self) -> bool:
+        return self.status == "covered"
+
+
+@attrs.frozen
+class Coverage:
+    """The effective spec of every GPU, plus warnings about the config as applied here."""
+
+    gpus: tuple[GpuCoverage, ...]
+    warnings: tuple[str, ...] = ()
+
+
+def _entry_covers(entry: ConfigEntry, index: int, gpu: GpuIds) -> bool:
+    if entry.devices != "all" and index not in entry.devices:
+        return False
+    return filters_match(entry.device_filters, gpu.pci_device_id, gpu.pci_subsystem_id)
+
+
+def effective_specs(
+    entries: Sequence[ConfigEntry],
+    gpus: Sequence[GpuIds],
+    *,
+    strict_coverage: bool = False,
+) -> Coverage:
+    """Decide which entry of a selected config governs each GPU.
+
+    ``gpus`` is the node's GPU list in PCI order; a GPU's position in it is the index that
+    ``devices: [i]`` refers to. The rule:
+
+    - An entry covers GPU ``i`` when its ``device-filter`` matches the GPU's PCI IDs (an absent
+      or empty filter matches every GPU) and its ``devices`` is ``all`` or lists ``i``.
+    - The **last** covering entry, in list order, is the GPU's effective spec. This is what
+      mig-parted leaves on the hardware, so "``devices: all`` first, then an override for
+      ``devices: [0]``" keeps its meaning; migkit applies each GPU once, from that spec, and
+      warns when two covering entries ask for different things.
+    - A GPU no entry covers is **not covered**: it is left untouched (no mode change, no
+      clearing, no reset) and does not make ``assert`` fail.
+    - A GPU that cannot do MIG is left untouched when its spec says ``mig-enabled: false``, and
+      also when it is reached only through ``devices: all`` by an entry that wants MIG enabled
+      (status ``"skipped"``). Listing it by index in an entry that wants MIG enabled is an
+      error (``ConfigError``).
+    - An index in ``devices`` that is not on this node is a warning, or an error
+      (``ConfigError``) when ``strict_coverage`` is set.
+    """
+    warnings: list[str] = []
+    results: list[GpuCoverage] = []
+    for index, gpu in enumerate(gpus):
+        covering = tuple(k for k, entry in enumerate(entries) if _entry_covers(entry, index, gpu))
+        if not covering:
+            results.append(GpuCoverage(index, "not covered"))
+            continue
+        last = covering[-1]
+        entry = entries[last]
+        differing = [k for k in covering[:-1] if not entries[k].same_spec(entry)]
+        if differing:
+            earlier = ", ".join(str(k) for k in differing)
+            warnings.append(
+                f"GPU {index} is covered by entries {earlier} and {last} with different specs; "
+                f"entry {last} (the last) applies"
+            )
+        if not gpu.mig_capable and entry.mig_enabled:
+            if entry.devices != "all":
+                raise ConfigError(
+                    f"GPU {index} does not support MIG, but entry {last} lists it explicitly "
+                    f"with mig-enabled: true",
+                    file=entry.file,
+                    line=entry.line,
+                    column=entry.column,
+                )
+            results.append(GpuCoverage(index, "skipped", entry, last, covering))
+            continue
+        results.append(GpuCoverage(index, "covered", entry, last, covering))
+    for k, entry in enumerate(entries):
+        if entry.devices == "all":
+            continue
+        missing = [i for i in entry.devices if i >= len(gpus)]
+        if not missing:
+            continue
+        listed = ", ".join(str(i) for i in missing)
+        if not gpus:
+            have = "no GPUs"
+        elif len(gpus) == 1:
+            have = "1 GPU (index 0)"
+        else:
+            have = f"{len(gpus)} GPUs (indices 0-{len(gpus) - 1})"
+        noun = "index" if len(missing) == 1 else "indices"
+        message = f"entry {k} lists GPU {noun} {listed}, but this node has {have}"
+        if strict_coverage:
+            raise ConfigError(message, file=entry.file, line=entry.line, column=entry.column)
+        warnings.append(message)
+    return Coverage(tuple(results), tuple(warnings))
