@@ -9,7 +9,9 @@ import attrs
 import pytest
 import yaml
 
+from migkit.config import load_config, select
 from migkit.export import export_config, gpu_mig_devices, render
+from migkit.filters import effective_specs
 from migkit.hardware import gpu_model
 from migkit.models import (
     MIG_DISABLED,
@@ -264,3 +266,47 @@ def test_unknown_output_format_is_rejected() -> None:
     """Only yaml and json are accepted."""
     with pytest.raises(ValueError, match="xml"):
         render(export_config([]), "xml")
+
+
+# --------------------------------------------------------------------------- round trip
+
+
+ROUND_TRIP_NODES = {
+    "homogeneous-mixed-layouts": [
+        gpu("h100-80gb", enabled=True, instances=[("1g.10gb", ["1g.10gb"])] * 7),
+        gpu("h100-80gb", enabled=True, instances=[("1g.10gb", ["1g.10gb"])] * 7),
+        gpu("h100-80gb"),
+        gpu("h100-80gb", enabled=True, instances=[("3g.40gb", ["1c.3g.40gb", "2c.3g.40gb"])]),
+    ],
+    "two-types-and-a-display-gpu": [
+        gpu("a100-40gb"),
+        gpu("a100-40gb", enabled=True, instances=[("3g.20gb", ["3g.20gb"]), ("1g.5gb", [])]),
+        gpu("h100-80gb"),
+        gpu("h100-80gb", enabled=True),
+        gpu("l40s"),
+    ],
+    "one-spec-per-type": [
+        gpu("a30-24gb"),
+        gpu("a30-24gb"),
+        gpu("a100-80gb", enabled=True, instances=[("7g.80gb", ["7g.80gb"])]),
+    ],
+}
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "json"])
+@pytest.mark.parametrize("node", sorted(ROUND_TRIP_NODES))
+def test_exported_config_loads_back_and_selects_each_gpus_own_state(node: str, fmt: str) -> None:
+    """load_config reads the export, and every GPU's effective spec is its exported state."""
+    gpus = ROUND_TRIP_NODES[node]
+    loaded = load_config(render(export_config(gpus, label="snapshot"), fmt))
+    assert not loaded.warnings
+    selected = select(loaded)
+    assert selected.name == "snapshot"
+    coverage = effective_specs(selected.entries, gpus, strict_coverage=True)
+    assert not coverage.warnings
+    for state, covered in zip(gpus, coverage.gpus, strict=True):
+        assert covered.status == "covered"
+        assert covered.entry is not None
+        enabled = state.mig_capable and state.mig_enabled
+        assert covered.entry.mig_enabled == enabled
+        assert dict(covered.entry.mig_devices) == (gpu_mig_devices(state) if enabled else {})

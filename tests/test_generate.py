@@ -9,7 +9,9 @@ import attrs
 import pytest
 import yaml
 
+from migkit.config import load_config, select
 from migkit.errors import MigkitError
+from migkit.filters import effective_specs
 from migkit.generate import (
     GenerateError,
     NoMigCapableGpuError,
@@ -20,6 +22,7 @@ from migkit.generate import (
 )
 from migkit.hardware import gpu_model
 from migkit.models import MIG_DISABLED, GpuModel, GpuState, Placement, Profile
+from migkit.solver import solve
 
 BASE_CONFIGS = {
     "all-disabled": [{"devices": "all", "mig-enabled": False, "mig-devices": {}}],
@@ -429,3 +432,56 @@ def test_rendered_yaml_uses_flow_filters_and_loads_back() -> None:
     assert "  all-balanced:\n  - device-filter: ['0x20B210DE']\n    devices: all\n" in text
     assert "      1g.10gb+me: 1\n" in text
     assert yaml.safe_load(text) == doc
+
+
+# --------------------------------------------------------------------------- round trip
+
+
+GENERATED_NODES = {
+    "8xa100-40gb": ["a100-40gb"] * 8,
+    "h100+l40s": ["h100-80gb", "h100-80gb", "l40s"],
+    "a100-80gb+a30": ["a100-80gb", "a100-80gb", "a30-24gb", "a30-24gb"],
+    "every-mig-model": [
+        "a100-40gb",
+        "a100-80gb",
+        "a30-24gb",
+        "b200-180gb",
+        "gh200-96gb",
+        "h100-80gb",
+        "h100-nvl-94gb",
+        "h200-141gb",
+        "rtx-pro-6000",
+    ],
+}
+
+
+@pytest.mark.parametrize("node", sorted(GENERATED_NODES))
+def test_every_generated_config_loads_and_fits_the_gpus_it_covers(node: str) -> None:
+    """Each generated config parses, and its counts can be placed on every GPU it covers."""
+    models = [gpu_model(name) for name in GENERATED_NODES[node]]
+    loaded = load_config(render(generate_config(models), "yaml"))
+    assert not loaded.warnings
+    for name in loaded.configs:
+        coverage = effective_specs(select(loaded, name).entries, models)
+        assert not coverage.warnings
+        for model, covered in zip(models, coverage.gpus, strict=True):
+            if covered.entry is None or not covered.covered or not covered.entry.mig_enabled:
+                continue
+            solve(model, covered.entry.mig_devices)  # raises when infeasible
+
+
+def test_generated_configs_cover_exactly_the_gpu_types_that_offer_the_profile() -> None:
+    """On A100-80GB + A30, all-1g.6gb covers only the A30s and all-balanced covers all."""
+    models = [gpu_model(n) for n in ("a100-80gb", "a30-24gb", "a100-80gb", "l40s")]
+    loaded = load_config(render(generate_config(models), "json"))
+    statuses = {
+        name: [g.status for g in effective_specs(select(loaded, name).entries, models).gpus]
+        for name in ("all-1g.6gb", "all-1g.10gb", "all-balanced", "all-enabled", "all-disabled")
+    }
+    assert statuses == {
+        "all-1g.6gb": ["not covered", "covered", "not covered", "not covered"],
+        "all-1g.10gb": ["covered", "not covered", "covered", "not covered"],
+        "all-balanced": ["covered", "covered", "covered", "not covered"],
+        "all-enabled": ["covered", "covered", "covered", "skipped"],
+        "all-disabled": ["covered"] * 4,
+    }
