@@ -1,0 +1,242 @@
+"""A node: the GPUs one libnvidia-ml sees, read and changed through bulk calls.
+
+>>> with open_node(simulate="2xh100-80gb") as node:      # doctest: +SKIP
+...     gpus = node.snapshot()                            # one C call for the whole node
+...     node.set_mig_mode([MigModeRequest(0, 1)])
+...     node.create_gpu_instances([GpuInstanceRequest(0, 9, Placement(4, 4))])
+
+Every read is a :meth:`Node.snapshot` (one shim call); every change is a batch (one shim call
+per batch) that returns one result per item, in order. Nothing here decides *what* to change:
+that is the planner's job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+
+from migkit import _nvml
+from migkit._nvml import (
+    STATUS_NOT_ATTEMPTED,
+    STATUS_READ_ONLY,
+    ComputeInstanceRef,
+    ComputeInstanceRequest,
+    ComputeInstanceResult,
+    DestroyResult,
+    GpuInstanceRef,
+    GpuInstanceRequest,
+    GpuInstanceResult,
+    MigModeRequest,
+    MigModeResult,
+)
+from migkit.errors import MigkitError
+from migkit.models import GpuState
+
+__all__ = [
+    "STATUS_NOT_ATTEMPTED",
+    "STATUS_READ_ONLY",
+    "ComputeInstanceRef",
+    "ComputeInstanceRequest",
+    "ComputeInstanceResult",
+    "DestroyResult",
+    "GpuInstanceRef",
+    "GpuInstanceRequest",
+    "GpuInstanceResult",
+    "MigModeRequest",
+    "MigModeResult",
+    "Node",
+    "open_node",
+]
+
+STATE_ENV = "MIGKIT_SIM_STATE"
+
+
+class Node:
+    """An open NVML session on this machine's GPUs, or on a simulated node.
+
+    Use it as a context manager (or call :meth:`close`): closing releases NVML and removes a
+    temporary simulated node. Made by :func:`open_node`.
+    """
+
+    def __init__(
+        self,
+        library_path: str,
+        *,
+        is_simulated: bool,
+        state_file: str | None,
+        cleanup: contextlib.ExitStack,
+    ) -> None:
+        self._library_path = library_path
+        self._is_simulated = is_simulated
+        self._state_file = state_file
+        self._cleanup = cleanup
+        self._closed = False
+        self._lock = threading.Lock()
+        self._snapshotter = _nvml.Snapshotter(_nvml.device_count())
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def library_path(self) -> str:
+        """Path of the libnvidia-ml (or simulator) this node talks to."""
+        return self._library_path
+
+    @property
+    def is_simulated(self) -> bool:
+        return self._is_simulated
+
+    @property
+    def state_file(self) -> str | None:
+        """The simulated node's state file; ``None`` for real hardware."""
+        return self._state_file
+
+    # ------------------------------------------------------------------ lifetime
+
+    def close(self) -> None:
+        """Release NVML (``nvmlShutdown``) and remove a temporary simulated node. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._cleanup.close()
+
+    def __enter__(self) -> Node:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise MigkitError("this node is closed")
+
+    # ------------------------------------------------------------------ reading
+
+    def snapshot(self) -> tuple[GpuState, ...]:
+        """Every GPU with its profiles, placements, instances and MIG devices, in NVML index
+        order, read in one call into the shim.
+
+        Raises :class:`~migkit.errors.NvmlError` naming the GPU and the NVML call when any
+        part of a GPU cannot be read.
+        """
+        self._check_open()
+        return self._snapshotter.snapshot()
+
+    # ------------------------------------------------------------------ changing
+
+    def create_gpu_instances(
+        self, requests: Iterable[GpuInstanceRequest], *, stop_on_error: bool = False
+    ) -> tuple[GpuInstanceResult, ...]:
+        """Create GPU instances at their explicit placements, in order (one shim call).
+
+        With ``stop_on_error`` the items after the first failure are not attempted
+        (``status == STATUS_NOT_ATTEMPTED``). Raises :class:`~migkit.errors.ReadOnlyError`,
+        before any NVML call, when ``MIGKIT_READ_ONLY`` is set.
+        """
+        self._check_open()
+        return _nvml.create_gpu_instances(requests, stop_on_error=stop_on_error)
+
+    def create_compute_instances(
+        self, requests: Iterable[ComputeInstanceRequest], *, stop_on_error: bool = False
+    ) -> tuple[ComputeInstanceResult, ...]:
+        """Create compute instances in existing GPU instances (by GI id), in order."""
+        self._check_open()
+        return _nvml.create_compute_instances(requests, stop_on_error=stop_on_error)
+
+    def destroy_compute_instances(
+        self, refs: Iterable[ComputeInstanceRef], *, stop_on_error: bool = False
+    ) -> tuple[DestroyResult, ...]:
+        """Destroy compute instances, in order."""
+        self._check_open()
+        return _nvml.destroy_compute_instances(refs, stop_on_error=stop_on_error)
+
+    def destroy_gpu_instances(
+        self, refs: Iterable[GpuInstanceRef], *, stop_on_error: bool = False
+    ) -> tuple[DestroyResult, ...]:
+        """Destroy GPU instances (destroy their compute instances first), in order."""
+        self._check_open()
+        return _nvml.destroy_gpu_instances(refs, stop_on_error=stop_on_error)
+
+    def set_mig_mode(
+        self, requests: Iterable[MigModeRequest], *, stop_on_error: bool = False
+    ) -> tuple[MigModeResult, ...]:
+        """Set MIG modes; each result has the activation status and the modes read back."""
+        self._check_open()
+        return _nvml.set_mig_mode(requests, stop_on_error=stop_on_error)
+
+    def __repr__(self) -> str:
+        kind = f"simulated, state {self._state_file}" if self._is_simulated else "hardware"
+        return f"<migkit.Node {self._library_path} ({kind})>"
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
+def open_node(
+    nvml_library: str | os.PathLike[str] | None = None,
+    simulate: str | None = None,
+    sim_state: str | os.PathLike[str] | None = None,
+) -> Node:
+    """Open the node's GPUs through libnvidia-ml, or a simulated node.
+
+    - ``open_node()``: the real driver (``MIGKIT_NVML_LIBRARY``, else ``libnvidia-ml.so.1``
+      and the usual locations); :class:`~migkit.errors.NvmlLibraryNotFound` lists every path
+      tried.
+    - ``open_node(simulate="8xh100-80gb")``: a fresh simulated node in a temporary state file,
+      removed on close. With ``sim_state=FILE`` too, the node is written to ``FILE`` and kept.
+    - ``open_node(sim_state=FILE)``: the existing simulated node in ``FILE``.
+
+    ``nvml_library`` names the library explicitly (for a simulated node too). One process
+    holds one libnvidia-ml: the first node opened decides which.
+    """
+    cleanup = contextlib.ExitStack()
+    try:
+        state_file: str | None = None
+        if simulate is not None or sim_state is not None:
+            from migkit import simulator
+
+            if simulate is not None:
+                sim = cleanup.enter_context(simulator.simulate(simulate, state_file=sim_state))
+                state_file = sim.state_file
+            else:
+                assert sim_state is not None
+                state_file = os.fspath(sim_state)
+                if not os.path.exists(state_file):
+                    raise simulator.SimulatorError(
+                        f"simulated node state file {state_file} does not exist"
+                    )
+                cleanup.enter_context(_environment(STATE_ENV, state_file))
+            library = _nvml.load(
+                nvml_library if nvml_library is not None else simulator.library_path()
+            )
+        else:
+            library = _nvml.load(nvml_library)
+        _nvml.init()
+        cleanup.callback(_nvml.shutdown)
+        return Node(
+            library,
+            is_simulated=state_file is not None,
+            state_file=state_file,
+            cleanup=cleanup,
+        )
+    except BaseException:
+        cleanup.close()
+        raise
