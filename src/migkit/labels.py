@@ -129,19 +129,19 @@ def _g_from_name(name: str) -> int:
     return 0
 
 
+def _enabled(gpu: GpuState) -> bool:
+    return gpu.mig_capable and gpu.mig_enabled
+
+
 def mig_devices(gpus: Sequence[GpuState]) -> tuple[MigDevice, ...]:
     """Every MIG device on MIG-enabled GPUs, in GPU, then GPU-instance, then CI order."""
     return tuple(
         MigDevice(gpu, gi, ci)
         for gpu in gpus
-        if gpu.mig_capable and gpu.mig_enabled
+        if _enabled(gpu)
         for gi in gpu.gpu_instances
         for ci in gi.compute_instances
     )
-
-
-def _enabled(gpu: GpuState) -> bool:
-    return gpu.mig_capable and gpu.mig_enabled
 
 
 def single_strategy_problem(gpus: Sequence[GpuState]) -> str | None:
