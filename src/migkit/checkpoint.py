@@ -56,9 +56,13 @@ def capture(gpus: Sequence[GpuState]) -> Checkpoint:
             continue
         gis = tuple(
             SavedGpuInstance(
-                gi.profile_id, gi.start, gi.size,
-                tuple(SavedComputeInstance(ci.profile_id, ci.start, ci.size)
-                      for ci in sorted(gi.compute_instances, key=lambda c: (c.start, c.id))),
+                gi.profile_id,
+                gi.start,
+                gi.size,
+                tuple(
+                    SavedComputeInstance(ci.profile_id, ci.start, ci.size)
+                    for ci in sorted(gi.compute_instances, key=lambda c: (c.start, c.id))
+                ),
             )
             for gi in sorted(gpu.gpu_instances, key=lambda g: (g.start, g.size))
         )
@@ -67,7 +71,10 @@ def capture(gpus: Sequence[GpuState]) -> Checkpoint:
 
 
 def dump(checkpoint: Checkpoint) -> str:
-    doc: dict[str, Any] = {"version": FORMAT_VERSION, "gpus": [attrs.asdict(g) for g in checkpoint.gpus]}
+    doc: dict[str, Any] = {
+        "version": FORMAT_VERSION,
+        "gpus": [attrs.asdict(g) for g in checkpoint.gpus],
+    }
     return json.dumps(doc, indent=2) + "\n"
 
 
@@ -76,21 +83,34 @@ def load(text: str, *, file: str | None = None) -> Checkpoint:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ConfigError(f"not a migkit checkpoint: {err.msg}", file=file, line=err.lineno, column=err.colno) from None
+        raise ConfigError(
+            f"not a migkit checkpoint: {err.msg}", file=file, line=err.lineno, column=err.colno
+        ) from None
     try:
         if doc.get("version") != FORMAT_VERSION:
-            raise ConfigError(f"unsupported checkpoint version {doc.get('version')!r} (expected {FORMAT_VERSION!r})", file=file)
+            raise ConfigError(
+                f"unsupported checkpoint version {doc.get('version')!r} (expected {FORMAT_VERSION!r})",
+                file=file,
+            )
         gpus = []
         for g in doc["gpus"]:
             gis = tuple(
                 SavedGpuInstance(
-                    int(gi["profile_id"]), int(gi["start"]), int(gi["size"]),
-                    tuple(SavedComputeInstance(int(ci["profile_id"]), int(ci["start"]), int(ci["size"]))
-                          for ci in gi.get("compute_instances", ())),
+                    int(gi["profile_id"]),
+                    int(gi["start"]),
+                    int(gi["size"]),
+                    tuple(
+                        SavedComputeInstance(
+                            int(ci["profile_id"]), int(ci["start"]), int(ci["size"])
+                        )
+                        for ci in gi.get("compute_instances", ())
+                    ),
                 )
                 for gi in g.get("gpu_instances", ())
             )
-            gpus.append(SavedGpu(str(g["uuid"]), int(g.get("index", -1)), bool(g["mig_enabled"]), gis))
+            gpus.append(
+                SavedGpu(str(g["uuid"]), int(g.get("index", -1)), bool(g["mig_enabled"]), gis)
+            )
     except ConfigError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as err:

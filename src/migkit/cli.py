@@ -57,74 +57,148 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_global(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     default: Any = argparse.SUPPRESS if suppress else None
-    parser.add_argument("-d", "--debug", action="store_true", default=argparse.SUPPRESS if suppress else False,
-                        help="verbose output (env MIG_PARTED_DEBUG)")
-    parser.add_argument("--simulate", metavar="SPEC", default=default,
-                        help="use a simulated node, e.g. 8xh100-80gb (env MIGKIT_SIMULATE)")
-    parser.add_argument("--sim-state", metavar="FILE", default=default,
-                        help="simulated node state file; created from --simulate if missing (env MIGKIT_SIM_STATE)")
-    parser.add_argument("--nvml-library", metavar="PATH", default=default,
-                        help="libnvidia-ml to load (env MIGKIT_NVML_LIBRARY)")
+    parser.add_argument(
+        "-d",
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="verbose output (env MIG_PARTED_DEBUG)",
+    )
+    parser.add_argument(
+        "--simulate",
+        metavar="SPEC",
+        default=default,
+        help="use a simulated node, e.g. 8xh100-80gb (env MIGKIT_SIMULATE)",
+    )
+    parser.add_argument(
+        "--sim-state",
+        metavar="FILE",
+        default=default,
+        help="simulated node state file; created from --simulate if missing (env MIGKIT_SIM_STATE)",
+    )
+    parser.add_argument(
+        "--nvml-library",
+        metavar="PATH",
+        default=default,
+        help="libnvidia-ml to load (env MIGKIT_NVML_LIBRARY)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     from migkit import __version__
 
-    parser = _Parser(prog="migkit", description="Plan, apply and verify NVIDIA MIG layouts "
-                     "(a drop-in for nvidia-mig-parted).")
+    parser = _Parser(
+        prog="migkit",
+        description="Plan, apply and verify NVIDIA MIG layouts (a drop-in for nvidia-mig-parted).",
+    )
     parser.add_argument("--version", action="version", version=f"migkit {__version__}")
     _add_global(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    def command(name: str, help_text: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    def command(
+        name: str, help_text: str, func: Callable[[argparse.Namespace], int]
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         _add_global(p, suppress=True)
         p.set_defaults(func=func)
         return p
 
     def config_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-f", "--config-file", help="mig-parted config file, '-' for stdin (env MIG_PARTED_CONFIG_FILE)")
-        p.add_argument("-c", "--selected-config", help="config to use (env MIG_PARTED_SELECTED_CONFIG)")
+        p.add_argument(
+            "-f",
+            "--config-file",
+            help="mig-parted config file, '-' for stdin (env MIG_PARTED_CONFIG_FILE)",
+        )
+        p.add_argument(
+            "-c", "--selected-config", help="config to use (env MIG_PARTED_SELECTED_CONFIG)"
+        )
 
     p = command("apply", "make the selected config true, changing only what differs", _cmd_apply)
     config_args(p)
     p.add_argument("-k", "--hooks-file", help="hooks file (env MIG_PARTED_HOOKS_FILE)")
-    p.add_argument("-s", "--skip-reset", action="store_true", default=None,
-                   help="do not reset GPUs after a mode change (env MIG_PARTED_SKIP_RESET)")
-    p.add_argument("-m", "--mode-only", action="store_true", default=None,
-                   help="apply the MIG mode only (env MIG_PARTED_MODE_CHANGE_ONLY)")
+    p.add_argument(
+        "-s",
+        "--skip-reset",
+        action="store_true",
+        default=None,
+        help="do not reset GPUs after a mode change (env MIG_PARTED_SKIP_RESET)",
+    )
+    p.add_argument(
+        "-m",
+        "--mode-only",
+        action="store_true",
+        default=None,
+        help="apply the MIG mode only (env MIG_PARTED_MODE_CHANGE_ONLY)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
-    p.add_argument("--strict-coverage", action="store_true", default=None,
-                   help="every GPU must be covered by the config (env MIGKIT_STRICT_COVERAGE)")
-    p.add_argument("--inherit-env", action="store_true", help="hooks inherit this process's environment")
+    p.add_argument(
+        "--strict-coverage",
+        action="store_true",
+        default=None,
+        help="every GPU must be covered by the config (env MIGKIT_STRICT_COVERAGE)",
+    )
+    p.add_argument(
+        "--inherit-env", action="store_true", help="hooks inherit this process's environment"
+    )
     p.add_argument("-o", "--output", choices=("text", "json"), default="text", help="report format")
 
     p = command("assert", "exit 0 iff the node already matches the selected config", _cmd_assert)
     config_args(p)
-    p.add_argument("-m", "--mode-only", action="store_true", default=None, help="check the MIG mode only")
-    p.add_argument("-a", "--valid-config", action="store_true", default=None,
-                   help="only check that the file and selection are valid (env MIG_PARTED_VALID_CONFIG)")
-    p.add_argument("--strict-coverage", action="store_true", default=None,
-                   help="every GPU must be covered by the config (env MIGKIT_STRICT_COVERAGE)")
+    p.add_argument(
+        "-m", "--mode-only", action="store_true", default=None, help="check the MIG mode only"
+    )
+    p.add_argument(
+        "-a",
+        "--valid-config",
+        action="store_true",
+        default=None,
+        help="only check that the file and selection are valid (env MIG_PARTED_VALID_CONFIG)",
+    )
+    p.add_argument(
+        "--strict-coverage",
+        action="store_true",
+        default=None,
+        help="every GPU must be covered by the config (env MIGKIT_STRICT_COVERAGE)",
+    )
     p.add_argument("-o", "--output", choices=("text", "json"), default="text", help="report format")
 
     p = command("export", "print the current state as a mig-parted v1 config", _cmd_export)
-    p.add_argument("-o", "--output-format", help="yaml (default) or json (env MIG_PARTED_OUTPUT_FORMAT)")
-    p.add_argument("-l", "--config-label", help="name of the exported config (env MIG_PARTED_CONFIG_LABEL)")
+    p.add_argument(
+        "-o", "--output-format", help="yaml (default) or json (env MIG_PARTED_OUTPUT_FORMAT)"
+    )
+    p.add_argument(
+        "-l", "--config-label", help="name of the exported config (env MIG_PARTED_CONFIG_LABEL)"
+    )
 
-    p = command("generate-config", "print the generated config for this node's hardware", _cmd_generate)
-    p.add_argument("-f", "--output-file", help="write here instead of stdout (env MIG_PARTED_OUTPUT_FILE)")
+    p = command(
+        "generate-config", "print the generated config for this node's hardware", _cmd_generate
+    )
+    p.add_argument(
+        "-f", "--output-file", help="write here instead of stdout (env MIG_PARTED_OUTPUT_FILE)"
+    )
     p.add_argument("-o", "--output-format", help="yaml (default) or json")
-    p.add_argument("--gpu", action="append", metavar="MODEL", help="generate for these bundled models instead")
+    p.add_argument(
+        "--gpu", action="append", metavar="MODEL", help="generate for these bundled models instead"
+    )
 
     p = command("plan", "offline feasibility and exact placements; no hardware needed", _cmd_plan)
     config_args(p)
-    p.add_argument("--gpu", action="append", metavar="MODEL",
-                   help="GPU model at the next index (repeatable); default: the node's GPUs")
+    p.add_argument(
+        "--gpu",
+        action="append",
+        metavar="MODEL",
+        help="GPU model at the next index (repeatable); default: the node's GPUs",
+    )
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
 
-    p = command("profiles", "profiles and possible placements, like nvidia-smi mig -lgip/-lgipp", _cmd_profiles)
-    p.add_argument("--gpu", action="append", metavar="MODEL", help="a bundled model instead of the node")
+    p = command(
+        "profiles",
+        "profiles and possible placements, like nvidia-smi mig -lgip/-lgipp",
+        _cmd_profiles,
+    )
+    p.add_argument(
+        "--gpu", action="append", metavar="MODEL", help="a bundled model instead of the node"
+    )
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
 
     p = command("labels", "GPU-feature-discovery node labels for the current state", _cmd_labels)
@@ -136,10 +210,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--checkpoint-file", help="output file (env MIG_PARTED_CHECKPOINT_FILE)")
 
     p = command("restore", "restore a checkpoint at its exact placements", _cmd_restore)
-    p.add_argument("-f", "--checkpoint-file", help="checkpoint to restore (env MIG_PARTED_CHECKPOINT_FILE)")
+    p.add_argument(
+        "-f", "--checkpoint-file", help="checkpoint to restore (env MIG_PARTED_CHECKPOINT_FILE)"
+    )
     p.add_argument("-k", "--hooks-file", help="hooks file (env MIG_PARTED_HOOKS_FILE)")
-    p.add_argument("-m", "--mode-only", action="store_true", default=None, help="restore the MIG mode only")
-    p.add_argument("-s", "--skip-reset", action="store_true", default=None, help="do not reset GPUs")
+    p.add_argument(
+        "-m", "--mode-only", action="store_true", default=None, help="restore the MIG mode only"
+    )
+    p.add_argument(
+        "-s", "--skip-reset", action="store_true", default=None, help="do not reset GPUs"
+    )
     return parser
 
 
@@ -165,7 +245,9 @@ def open_node_from_args(args: argparse.Namespace) -> Node:
         return open_node(nvml_library=library, sim_state=state)
     if getattr(args, "sim_state", None):
         if not os.path.exists(args.sim_state):
-            raise UsageError(f"--sim-state {args.sim_state}: no such file (add --simulate SPEC to create it)")
+            raise UsageError(
+                f"--sim-state {args.sim_state}: no such file (add --simulate SPEC to create it)"
+            )
         return open_node(nvml_library=library, sim_state=args.sim_state)
     if spec:
         return open_node(nvml_library=library, simulate=spec)
@@ -177,7 +259,9 @@ def _load_selected(args: argparse.Namespace) -> tuple[Any, str | None]:
 
     path = args.config_file or _env("MIG_PARTED_CONFIG_FILE")
     if not path:
-        raise UsageError("a config file is required: -f/--config-file FILE (or MIG_PARTED_CONFIG_FILE)")
+        raise UsageError(
+            "a config file is required: -f/--config-file FILE (or MIG_PARTED_CONFIG_FILE)"
+        )
     selected = args.selected_config or _env("MIG_PARTED_SELECTED_CONFIG")
     if path == "-":
         config = load_config(sys.stdin.read())
@@ -215,7 +299,9 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         inherit_env=args.inherit_env or env_bool("MIGKIT_HOOKS_INHERIT_ENV"),
     )
     with open_node_from_args(args) as node:
-        report = executor.apply(node, config, options, progress=None if args.output == "json" else sys.stdout)
+        report = executor.apply(
+            node, config, options, progress=None if args.output == "json" else sys.stdout
+        )
     _write(report.to_json() if args.output == "json" else report.summary())
     return report.exit_code
 
@@ -230,11 +316,21 @@ def _cmd_assert(args: argparse.Namespace) -> int:
         from migkit.config import select
 
         select(config, selected)
-        if not (getattr(args, "simulate", None) or getattr(args, "sim_state", None) or _env("MIGKIT_SIMULATE")):
+        if not (
+            getattr(args, "simulate", None)
+            or getattr(args, "sim_state", None)
+            or _env("MIGKIT_SIMULATE")
+        ):
             return EXIT_OK
     with open_node_from_args(args) as node:
-        result = executor.assert_config(node, config, selected, mode_only=mode_only,
-                                        strict_coverage=_strict(args), valid_only=valid_only)
+        result = executor.assert_config(
+            node,
+            config,
+            selected,
+            mode_only=mode_only,
+            strict_coverage=_strict(args),
+            valid_only=valid_only,
+        )
     if args.output == "json":
         _write(result.to_json())
     elif result.ok:
@@ -293,7 +389,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         node_plan = planning.plan_offline(config, selected, [gpu_model(name) for name in args.gpu])
     else:
         with open_node_from_args(args) as node:
-            node_plan = planning.plan_node(config, selected, node.snapshot(), strict_coverage=_strict(args))
+            node_plan = planning.plan_node(
+                config, selected, node.snapshot(), strict_coverage=_strict(args)
+            )
     _write(planning.render_plan(node_plan, args.output))
     return EXIT_OK if node_plan.feasible else EXIT_FAILED
 
@@ -349,7 +447,8 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         saved = checkpoint.load(f.read(), file=path)
     with open_node_from_args(args) as node:
         report = checkpoint.restore(
-            node, saved,
+            node,
+            saved,
             mode_only=bool(args.mode_only) or env_bool("MIG_PARTED_MODE_CHANGE_ONLY"),
             skip_reset=bool(args.skip_reset) or env_bool("MIG_PARTED_SKIP_RESET"),
             hooks_file=args.hooks_file or _env("MIG_PARTED_HOOKS_FILE"),

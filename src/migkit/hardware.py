@@ -15,7 +15,7 @@ from importlib import resources
 from typing import Any
 
 from migkit.errors import UnknownModelError
-from migkit.models import ARCH_HOPPER, ComputeProfile, GpuModel, Placement, Profile
+from migkit.models import ARCH_HOPPER, ComputeProfile, GpuModel, GpuState, Placement, Profile
 
 # Compute-instance profiles by GI compute-slice count G: (CI profile id/index, C, instances,
 # starts). CI profile IDs equal their indices on every observed part. 2c/3c placements inside
@@ -25,7 +25,13 @@ _CI_RULES: dict[int, tuple[tuple[int, int, int, tuple[int, ...]], ...]] = {
     2: ((1, 2, 1, (0,)), (0, 1, 2, (0, 1))),
     3: ((2, 3, 1, (0,)), (1, 2, 1, (0,)), (0, 1, 3, (0, 1, 2))),
     4: ((3, 4, 1, (0,)), (1, 2, 2, (0, 2)), (0, 1, 4, (0, 1, 2, 3))),
-    7: ((4, 7, 1, (0,)), (3, 4, 1, (0,)), (2, 3, 2, (0, 4)), (1, 2, 3, (0, 2, 4)), (0, 1, 7, tuple(range(7)))),
+    7: (
+        (4, 7, 1, (0,)),
+        (3, 4, 1, (0,)),
+        (2, 3, 2, (0, 4)),
+        (1, 2, 3, (0, 2, 4)),
+        (0, 1, 7, tuple(range(7))),
+    ),
 }
 _CI_REV1 = 7  # CI 1_SLICE_REV1: the full-SM CI of a 1g GI with twice the memory (Hopper+)
 
@@ -42,7 +48,9 @@ def canonical_from_nvml(nvml_name: str) -> str:
     return name
 
 
-def compute_profiles_for(profile: Profile, architecture: int, base_1g_sms: int) -> tuple[ComputeProfile, ...]:
+def compute_profiles_for(
+    profile: Profile, architecture: int, base_1g_sms: int
+) -> tuple[ComputeProfile, ...]:
     """The compute-instance profiles of GIs of ``profile``, the GI-covering one first."""
     g = profile.slice_count
     rules = _CI_RULES.get(g, ((0, g, 1, (0,)),) if g else ())
@@ -133,7 +141,12 @@ def _model_from_json(data: dict[str, Any]) -> GpuModel:
     profiles = sorted((_profile_from_json(r) for r in data["profiles"]), key=profile_sort_key)
     base_1g = next((p.multiprocessors for p in profiles if p.index == 0 and p.slice_count == 1), 0)
     profiles = [
-        attrs.evolve(p, compute_profiles=compute_profiles_for(p, data["architecture"], base_1g or p.multiprocessors))
+        attrs.evolve(
+            p,
+            compute_profiles=compute_profiles_for(
+                p, data["architecture"], base_1g or p.multiprocessors
+            ),
+        )
         for p in profiles
     ]
     return GpuModel(
@@ -193,3 +206,28 @@ def model_for_pci_id(pci_device_id: int, memory_mib: int | None = None) -> GpuMo
     if memory_mib is None:
         return matches[0]
     return min(matches, key=lambda m: abs(m.memory_mib - memory_mib))
+
+
+def planning_model(gpu: GpuState) -> GpuModel:
+    """A live GPU's geometry for the solver, completed where NVML is silent.
+
+    NVML reports compute-instance profiles only for GI profiles that have a live GPU instance
+    (the query needs a GI handle), so the others are taken from the bundled table of the same
+    GPU when its profile matches, else from the observed per-size rule (marked inferred).
+    """
+    import attrs
+
+    model = gpu.as_model()
+    bundled = model_for_pci_id(gpu.pci_device_id, gpu.memory_mib)
+    base_1g = next((p.multiprocessors for p in model.profiles if p.index == 0), 0)
+    profiles = []
+    for p in model.profiles:
+        if not p.compute_profiles:
+            known = bundled.find_profile(p.id) if bundled is not None else None
+            if known is not None and known.slice_count == p.slice_count:
+                computes = known.compute_profiles
+            else:
+                computes = compute_profiles_for(p, gpu.architecture, base_1g or p.multiprocessors)
+            p = attrs.evolve(p, compute_profiles=computes)
+        profiles.append(p)
+    return attrs.evolve(model, profiles=tuple(profiles), name=gpu.model_name or model.name)

@@ -30,8 +30,13 @@ def _profile_row(profile: Profile) -> dict[str, object]:
         "ofas": profile.ofas,
         "placements": [[p.start, p.size] for p in profile.placements],
         "compute_profiles": [
-            {"id": cp.id, "name": cp.name, "instances": cp.instance_count,
-             "multiprocessors": cp.multiprocessors, "placements": [[p.start, p.size] for p in cp.placements]}
+            {
+                "id": cp.id,
+                "name": cp.name,
+                "instances": cp.instance_count,
+                "multiprocessors": cp.multiprocessors,
+                "placements": [[p.start, p.size] for p in cp.placements],
+            }
             for cp in profile.compute_profiles
         ],
         "mark": profile.mark,
@@ -45,8 +50,15 @@ def profiles_table(gpus: Sequence[GpuModel] | Sequence[GpuState], fmt: str = "te
         doc = []
         for i, gpu in enumerate(gpus):
             model = gpu.as_model() if isinstance(gpu, GpuState) else gpu
-            doc.append({"gpu": i, "name": model.product_name, "model": model.name,
-                        "mig_capable": model.mig_capable, "profiles": [_profile_row(p) for p in model.profiles]})
+            doc.append(
+                {
+                    "gpu": i,
+                    "name": model.product_name,
+                    "model": model.name,
+                    "mig_capable": model.mig_capable,
+                    "profiles": [_profile_row(p) for p in model.profiles],
+                }
+            )
         return json.dumps(doc, indent=2)
     lines: list[str] = []
     for i, gpu in enumerate(gpus):
@@ -56,8 +68,10 @@ def profiles_table(gpus: Sequence[GpuModel] | Sequence[GpuState], fmt: str = "te
         if not model.profiles:
             lines.append("  MIG not supported")
             continue
-        lines.append(f"  {'ID':>3}  {'PROFILE':<18} {'INST':>4} {'MEMORY':>10} {'SM':>4} {'DEC':>3} {'ENC':>3} "
-                     f"{'CE':>3} {'JPG':>3} {'OFA':>3}  PLACEMENTS")
+        lines.append(
+            f"  {'ID':>3}  {'PROFILE':<18} {'INST':>4} {'MEMORY':>10} {'SM':>4} {'DEC':>3} {'ENC':>3} "
+            f"{'CE':>3} {'JPG':>3} {'OFA':>3}  PLACEMENTS"
+        )
         for p in model.profiles:
             mark = "" if p.mark == p.placements_mark == "observed" else "  (inferred)"
             lines.append(

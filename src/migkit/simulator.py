@@ -57,7 +57,9 @@ def library_path() -> str:
     for entry in package.iterdir():
         if entry.name.startswith("_nvml_sim.") and entry.name.endswith(".so"):
             return os.fspath(entry)  # type: ignore[call-overload]
-    raise SimulatorError("the compiled simulator (migkit/_nvml_sim*.so) is missing; reinstall migkit")
+    raise SimulatorError(
+        "the compiled simulator (migkit/_nvml_sim*.so) is missing; reinstall migkit"
+    )
 
 
 def parse_spec(spec: str) -> tuple[GpuModel, ...]:
@@ -68,7 +70,9 @@ def parse_spec(spec: str) -> tuple[GpuModel, ...]:
     for item in spec.split(","):
         match = _SPEC_ITEM.match(item)
         if match is None:
-            raise SimulatorError(f"bad simulator spec item {item!r} in {spec!r} (expected like '8xh100-80gb')")
+            raise SimulatorError(
+                f"bad simulator spec item {item!r} in {spec!r} (expected like '8xh100-80gb')"
+            )
         count = int(match.group(1) or 1)
         if count < 1:
             raise SimulatorError(f"bad GPU count in {item!r}: must be at least 1")
@@ -146,11 +150,16 @@ def _placements(items: Sequence[Any]) -> str:
     return ",".join(f"{p.start}:{p.size}" for p in items) or "-"
 
 
-def state_records(models: Sequence[GpuModel], *, spec: str = "", driver: str = DEFAULT_DRIVER) -> list[Record]:
+def state_records(
+    models: Sequence[GpuModel], *, spec: str = "", driver: str = DEFAULT_DRIVER
+) -> list[Record]:
     """The records of a fresh node: every GPU with MIG disabled and no instances."""
     from migkit.hardware import auto_placement_order
 
-    records = [Record("migkit-sim", {"version": "1"}), Record("driver", {"version": driver, "cuda": DEFAULT_CUDA})]
+    records = [
+        Record("migkit-sim", {"version": "1"}),
+        Record("driver", {"version": driver, "cuda": DEFAULT_CUDA}),
+    ]
     for index, model in enumerate(models):
         bus = _BUSES[index] if index < len(_BUSES) else 0xE0 + index
         gpu_uuid = "GPU-" + str(uuid.uuid5(_UUID_NAMESPACE, f"{spec}/{index}/{model.name}"))
@@ -298,13 +307,23 @@ def reset_gpus(state_file: str | os.PathLike[str], gpus: Sequence[int] | None = 
         unknown = sorted(set(targets) - set(indices))
         if unknown:
             raise SimulatorError(f"no GPU {unknown[0]} in {state_file}")
-        busy = sorted({r.int("gpu") for r in records if r.keyword in ("gi", "ci") and r.int("busy") and r.int("gpu") in targets})
+        busy = sorted(
+            {
+                r.int("gpu")
+                for r in records
+                if r.keyword in ("gi", "ci") and r.int("busy") and r.int("gpu") in targets
+            }
+        )
         if busy:
-            raise SimulatorError(f"GPU {busy[0]} cannot be reset: a process is using one of its instances")
+            raise SimulatorError(
+                f"GPU {busy[0]} cannot be reset: a process is using one of its instances"
+            )
         for r in records:
             if r.keyword == "gpu" and r.int("index") in targets:
                 r.fields["mode"] = r.fields.get("pending", "0")
-        records[:] = [r for r in records if not (r.keyword in ("gi", "ci") and r.int("gpu") in targets)]
+        records[:] = [
+            r for r in records if not (r.keyword in ("gi", "ci") and r.int("gpu") in targets)
+        ]
         _count(records, "migkitSimResetGpu", len(targets))
     return targets
 
@@ -323,7 +342,11 @@ def _count(records: list[Record], name: str, n: int) -> None:
 
 
 def mark_busy(
-    state_file: str | os.PathLike[str], gpu: int, gi: int, ci: int | None = None, pid: int | None = None
+    state_file: str | os.PathLike[str],
+    gpu: int,
+    gi: int,
+    ci: int | None = None,
+    pid: int | None = None,
 ) -> None:
     """Mark a GPU instance (or one of its compute instances) as used by process ``pid``.
 
@@ -335,7 +358,11 @@ def mark_busy(
             if r.keyword == "gi" and ci is None and r.int("gpu") == gpu and r.int("id") == gi:
                 r.fields["busy"] = value
                 return
-            if r.keyword == "ci" and ci is not None and (r.int("gpu"), r.int("gi"), r.int("id")) == (gpu, gi, ci):
+            if (
+                r.keyword == "ci"
+                and ci is not None
+                and (r.int("gpu"), r.int("gi"), r.int("id")) == (gpu, gi, ci)
+            ):
                 r.fields["busy"] = value
                 return
     what = f"GPU {gpu} GI {gi}" + (f" CI {ci}" if ci is not None else "")
@@ -366,7 +393,9 @@ class SimulatedNode:
 
 
 @contextlib.contextmanager
-def simulate(spec: str, state_file: str | os.PathLike[str] | None = None) -> Iterator[SimulatedNode]:
+def simulate(
+    spec: str, state_file: str | os.PathLike[str] | None = None
+) -> Iterator[SimulatedNode]:
     """A simulated node for the duration of the ``with`` block.
 
     Sets ``MIGKIT_SIM_STATE`` so that NVML clients loading the simulator library see the
@@ -398,7 +427,9 @@ def simulate(spec: str, state_file: str | os.PathLike[str] | None = None) -> Ite
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m migkit.simulator", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m migkit.simulator", description=__doc__.split("\n\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("create", help="write a fresh simulated node")
     p.add_argument("spec")
