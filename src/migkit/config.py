@@ -59,6 +59,19 @@ _CONSTRUCTOR = yaml.constructor.SafeConstructor()
 _Loader.add_implicit_resolver(_TAG + "bool", re.compile(r"^(?:y|Y|n|N)$"), list("yYnN"))
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _join_surrogates(text: str) -> str:
+    """Combine JSON-style surrogate pairs (``\\ud800\\udc00``), which YAML leaves apart."""
+    if _SURROGATE.search(text) is None:
+        return text
+    try:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16")
+    except UnicodeDecodeError:
+        return text
+
+
 @attrs.frozen
 class ConfigWarning:
     """Something accepted but probably unintended; ``str()`` is ``file:line:col: message``."""
@@ -212,6 +225,7 @@ class _Parser:
     def __init__(self, file: str | None) -> None:
         self.file = file
         self.warnings: list[ConfigWarning] = []
+        self.merge_budget = 10_000
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -246,7 +260,7 @@ class _Parser:
             except (ValueError, yaml.YAMLError):
                 raise self.error(node, f"{node.value!r} is not a valid number") from None
         if tag in (_TAG + "str", _TAG + "timestamp"):
-            return node.value
+            return _join_surrogates(node.value)
         raise self.error(node, f"unsupported YAML tag {tag!r}")
 
     def kind(self, node: Node) -> _Kind:
@@ -294,6 +308,9 @@ class _Parser:
                     if not isinstance(source, MappingNode):
                         raise self.error(source, "a merge key (<<) must refer to a mapping")
                     merged.extend(self.items(source, depth + 1))
+                    self.merge_budget -= len(source.value)
+                    if self.merge_budget < 0:
+                        raise self.error(source, "merge keys (<<) expand to too many keys")
                 continue
             if not isinstance(key_node, ScalarNode):
                 raise self.error(key_node, "mapping keys must be plain strings")
@@ -325,7 +342,17 @@ class _Parser:
     # -- structure ---------------------------------------------------------------------------
 
     def parse(self, text: str) -> MigConfigFile:
-        loader = _Loader(text)
+        try:
+            loader = _Loader(text)
+        except yaml.reader.ReaderError as err:
+            line = text.count("\n", 0, err.position) + 1
+            column = err.position - (text.rfind("\n", 0, err.position) + 1) + 1
+            raise ConfigError(
+                f"not valid YAML: character {err.character:#06x} is not allowed",
+                file=self.file,
+                line=line,
+                column=column,
+            ) from None
         try:
             root = loader.get_single_node()
         except yaml.MarkedYAMLError as err:
@@ -341,6 +368,8 @@ class _Parser:
             ) from None
         except yaml.YAMLError as err:
             raise ConfigError(f"not valid YAML: {err}", file=self.file) from None
+        except RecursionError:
+            raise ConfigError("the document nests too deeply", file=self.file) from None
         finally:
             loader.dispose()
         configs = self.top(root) if root is not None else {}
@@ -629,10 +658,26 @@ def to_document(config_file: MigConfigFile) -> dict[str, Any]:
 
 def dump_json(config_file: MigConfigFile) -> str:
     """The file as indented JSON (which is also valid v1 YAML)."""
-    return json.dumps(to_document(config_file), indent=2) + "\n"
+    return (
+        _escape_for_yaml(json.dumps(to_document(config_file), indent=2, ensure_ascii=False)) + "\n"
+    )
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+/-]*")
+# Characters a YAML reader refuses, or reads as line breaks, even inside quotes.
+_YAML_UNSAFE = re.compile(
+    "[^\x09\x0a\x0d\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
+)
+
+
+def _escape_for_yaml(text: str) -> str:
+    """JSON text with every character YAML would refuse written as a \\uXXXX escape."""
+    return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _quote(text: str) -> str:
+    """A double-quoted scalar that JSON and YAML both read back as ``text``."""
+    return _escape_for_yaml(json.dumps(text, ensure_ascii=False))
 
 
 def _yaml_str(text: str) -> str:
@@ -641,7 +686,7 @@ def _yaml_str(text: str) -> str:
         loaded = yaml.load(text, Loader=_Loader)
         if loaded == text:
             return text
-    return json.dumps(text)
+    return _quote(text)
 
 
 def _flow(values: list[str]) -> str:
@@ -658,7 +703,7 @@ def dump_yaml(config_file: MigConfigFile) -> str:
         for entry in entries:
             body: list[str] = []
             if entry.device_filters:
-                rendered = [json.dumps(str(f)) for f in entry.device_filters]
+                rendered = [_quote(str(f)) for f in entry.device_filters]
                 body.append(
                     f"device-filter: {rendered[0] if len(rendered) == 1 else _flow(rendered)}"
                 )
