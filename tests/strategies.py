@@ -370,3 +370,46 @@ GARBAGE = st.recursive(
     ),
     max_leaves=25,
 )
+
+
+# ---------------------------------------------------------------------- layout legality
+
+
+def assert_legal_layout(model: GpuModel, counts: Mapping[str, int], layout: object) -> None:
+    """Check a solver Layout against the tables, independently of the solver."""
+    from migkit.profiles import canonical_counts
+    from migkit.solver import Layout
+
+    assert isinstance(layout, Layout)
+    used = 0
+    per_profile: Counter[str] = Counter()
+    ci_counts: Counter[str] = Counter()
+    profiles = []
+    for gi in layout.instances:
+        profile = model.profile(gi.profile)
+        assert gi.profile_id == profile.id
+        profiles.append(profile)
+        if not gi.kept:
+            assert (gi.start, gi.size) in {(p.start, p.size) for p in profile.placements}, gi
+        mask = _mask(gi.start, gi.size)
+        assert not mask & used, f"{gi} overlaps"
+        used |= mask
+        per_profile[gi.profile] += 1
+        assert gi.compute_instances, f"{gi} has no compute instance"
+        ci_used = 0
+        ci_per: Counter[int] = Counter()
+        tables = {cp.id: cp for cp in profile.compute_profiles}
+        for ci in gi.compute_instances:
+            cp = tables[ci.profile_id]
+            if not ci.kept:
+                assert (ci.start, ci.size) in {(p.start, p.size) for p in cp.placements}, ci
+            ci_mask = _mask(ci.start, ci.size)
+            assert not ci_mask & ci_used, f"{ci} overlaps in {gi}"
+            ci_used |= ci_mask
+            ci_per[cp.id] += 1
+            assert ci_per[cp.id] <= cp.instance_count
+            ci_counts[ci.profile] += 1
+    assert _rules_hold(model, profiles)
+    for name, count in per_profile.items():
+        assert count <= model.profile(name).instance_count
+    assert dict(ci_counts) == dict(canonical_counts(counts))

@@ -502,14 +502,26 @@ def _plan_cis(cm: _Compiled, demand: _Demand, kept: Sequence[_Existing]) -> _Pla
         for i in mine:
             rest = [r - v for r, v in zip(rest, kept[i].vector, strict=True)]
         if any(r < 0 for r in rest):
-            return f"the kept {kind.name} instances hold more compute instances than requested"
+            held = [0] * len(kind.ci_kinds)
+            for i in mine:
+                held = [h + v for h, v in zip(held, kept[i].vector, strict=True)]
+            wanted = demand.vectors[kind.order]
+            over = [
+                f"{ci.name} x{held[k]} (the request has {wanted[k]})"
+                for k, ci in enumerate(kind.ci_kinds)
+                if held[k] > wanted[k]
+            ]
+            labels = ", ".join(kept[i].label for i in mine)
+            verb = "holds" if len(mine) == 1 else "hold"
+            return f"in-use {labels} {verb} {', '.join(over)}"
         if not mine:
             count, groups = kind.min_pack(tuple(rest))
             new_counts[kind.order], new_groups[kind.order] = count, groups
             continue
         chosen = _best_additions(kind, [kept[i] for i in mine], tuple(rest))
         if chosen is None:
-            return f"a kept {kind.name} instance would be left without compute instances"
+            labels = ", ".join(kept[i].label for i in mine)
+            return f"in-use {labels} cannot be completed to the requested compute instances"
         adds, count, groups = chosen
         for i, add in zip(mine, adds, strict=True):
             additions[i] = add
