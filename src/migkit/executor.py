@@ -239,7 +239,7 @@ def plan_targets(
     return tuple(targets), node_plan.warnings
 
 
-def matches(target: GpuTarget, *, mode_only: bool = False) -> tuple[bool, str]:
+def matches(target: GpuTarget, *, mode_only: bool = False, check_plan: bool = True) -> tuple[bool, str]:
     """Whether the GPU already is what its spec asks; the reason when not."""
     gpu = target.gpu
     want = target.desired_mode
@@ -268,7 +268,7 @@ def matches(target: GpuTarget, *, mode_only: bool = False) -> tuple[bool, str]:
         return False, "GPU instances without compute instances: " + ", ".join(
             _gi_text(gi) for gi in orphans
         )
-    if not plan_actions(target.plan).empty:
+    if check_plan and not plan_actions(target.plan).empty:
         return False, "its instances differ from the planned layout"
     return True, ""
 
@@ -626,6 +626,31 @@ def _emit(progress: TextIO | None, text: str) -> None:
         progress.flush()
 
 
+def _change_mode(node: Any, t: GpuTarget) -> GpuOutcome:
+    """Clear (when disabling) and set the MIG mode of one GPU; PENDING when a reset is due."""
+    from migkit._nvml import MigModeRequest
+
+    gpu = t.gpu
+    if t.desired_mode == MIG_DISABLED and gpu.mig_enabled and gpu.gpu_instances:
+        try:
+            execute_gpu(node, gpu, clear_actions(gpu))
+        except _StepFailed as failure:
+            problems = rollback_gpu(node, gpu, _journal_of(failure))
+            status = RESTORED if not problems else FAILED
+            return GpuOutcome(gpu.index, gpu.name, status, f"failed {failure.what}", str(failure.error))
+    if gpu.pending_mig_mode == t.desired_mode:
+        now = gpu.mig_mode
+    else:
+        (result,) = node.set_mig_mode([MigModeRequest(gpu.index, int(t.desired_mode or 0))])
+        if not result.ok:
+            return GpuOutcome(gpu.index, gpu.name, FAILED, "setting the MIG mode", str(result.error))
+        now = result.mig_mode
+    word = "enabled" if t.desired_mode else "disabled"
+    if now != t.desired_mode:
+        return GpuOutcome(gpu.index, gpu.name, PENDING, f"MIG mode {word} after a GPU reset")
+    return GpuOutcome(gpu.index, gpu.name, APPLIED, f"MIG mode {word}")
+
+
 def _mode_phase(
     node: Any,
     targets: Sequence[GpuTarget],
@@ -633,43 +658,15 @@ def _mode_phase(
     report: ApplyReport,
     progress: TextIO | None,
 ) -> bool:
-    """Change the MIG mode of the GPUs whose mode differs. Returns False on failure."""
-    from migkit._nvml import MigModeRequest
-
+    """Change the MIG mode of exactly the GPUs whose mode differs, in parallel; then reset the
+    ones left pending (unless ``skip_reset``). Returns False when a GPU failed."""
     changing = [t for t in targets if not t.mode_matches]
-    # Instances go before MIG is disabled (only on GPUs whose mode changes).
-    for t in changing:
-        if t.desired_mode == MIG_DISABLED and t.gpu.mig_enabled and t.gpu.gpu_instances:
-            try:
-                execute_gpu(node, t.gpu, clear_actions(t.gpu))
-            except _StepFailed as failure:
-                report.outcomes.append(
-                    GpuOutcome(t.gpu.index, t.gpu.name, FAILED, failure.what, str(failure.error))
-                )
-                return False
-    need_set = [t for t in changing if t.gpu.pending_mig_mode != t.desired_mode]
-    results = (
-        node.set_mig_mode([MigModeRequest(t.gpu.index, int(t.desired_mode or 0)) for t in need_set])
-        if need_set
-        else ()
-    )
-    pending: list[GpuState] = []
-    for t, r in zip(need_set, results, strict=True):
-        if not r.ok:
-            report.outcomes.append(
-                GpuOutcome(t.gpu.index, t.gpu.name, FAILED, "setting the MIG mode", str(r.error))
-            )
-            return False
-        _emit(
-            progress,
-            f"GPU {t.gpu.index}: MIG mode set to {'enabled' if t.desired_mode else 'disabled'}"
-            + (" (pending a GPU reset)" if r.mig_mode != t.desired_mode else ""),
-        )
-        if r.mig_mode != t.desired_mode:
-            pending.append(t.gpu)
-    pending.extend(
-        t.gpu for t in changing if t not in need_set and t.gpu.mig_mode != t.desired_mode
-    )
+    outcomes = _run_parallel(lambda t: _change_mode(node, t), changing, options.parallel, progress)
+    failed = [o for o in outcomes if o.status in (FAILED, RESTORED)]
+    if failed:
+        report.outcomes.extend(failed)
+        return False
+    pending = [t.gpu for t, o in zip(changing, outcomes, strict=True) if o.status == PENDING]
     if pending and not options.skip_reset:
         _emit(progress, "resetting " + ", ".join(f"GPU {g.index}" for g in pending))
         reset_gpus(node, pending)
@@ -776,7 +773,7 @@ def verify(
             PENDING,
         ):
             continue
-        ok, why = matches(attrs.evolve(target, gpu=gpu), mode_only=mode_only)
+        ok, why = matches(attrs.evolve(target, gpu=gpu), mode_only=mode_only, check_plan=False)
         if (
             ok
             and not mode_only
@@ -814,7 +811,7 @@ def _converge(
     """Mode phase, then config phase, then verification (hooks as upstream orders them)."""
     if not all(t.mode_matches for t in targets):
         runner.run("pre-apply-mode")
-        if not _mode_phase(node, targets, ApplyOptions(skip_reset=skip_reset), report, progress):
+        if not _mode_phase(node, targets, ApplyOptions(skip_reset=skip_reset, parallel=parallel), report, progress):
             return
         targets = replan(node.snapshot())
         still = [t for t in targets if not t.mode_matches]

@@ -27,6 +27,7 @@ import attrs
 from migkit.config import ConfigEntry, MigConfigFile, select
 from migkit.errors import InfeasibleError, UnknownProfileError
 from migkit.filters import Coverage, GpuCoverage, effective_specs
+from migkit.hardware import planning_model
 from migkit.models import ARCH_HOPPER, MIG_ENABLED, GpuInstance, GpuModel, GpuState
 from migkit.profiles import ProfileCounts, canonical_name, resolve
 from migkit.solver import Layout, PlacedCompute, PlacedInstance, slices_phrase, solve
@@ -370,7 +371,7 @@ def plan_node(
     plans = (
         _try(
             plan_gpu,
-            gpu.as_model(),
+            planning_model(gpu),
             cov,
             mig_enabled=gpu.mig_mode == MIG_ENABLED,
             pending_mig_enabled=gpu.pending_mig_mode == MIG_ENABLED,

@@ -1,0 +1,336 @@
+"""Applying configs on simulated nodes: the GPU Operator walkthroughs, minimal disruption,
+validation before mutation, failures mid-apply, and concurrency."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import migkit
+from migkit import executor, simulator
+from migkit.cli import main as cli_main
+from migkit.config import load_config
+
+MUTATING = (
+    "nvmlDeviceSetMigMode",
+    "nvmlDeviceCreateGpuInstanceWithPlacement",
+    "nvmlGpuInstanceCreateComputeInstanceWithPlacement",
+    "nvmlComputeInstanceDestroy",
+    "nvmlGpuInstanceDestroy",
+)
+
+OPERATOR_CONFIG = """\
+version: v1
+mig-configs:
+  all-disabled:
+    - devices: all
+      mig-enabled: false
+  all-1g.10gb:
+    - devices: all
+      mig-enabled: true
+      mig-devices:
+        "1g.10gb": 7
+  all-3g.40gb:
+    - devices: all
+      mig-enabled: true
+      mig-devices:
+        "3g.40gb": 2
+  all-balanced:
+    - devices: all
+      mig-enabled: true
+      mig-devices:
+        "1g.10gb": 2
+        "2g.20gb": 1
+        "3g.40gb": 1
+  keep-3g-and-1gs:
+    - devices: all
+      mig-enabled: true
+      mig-devices:
+        "3g.40gb": 1
+        "1g.10gb": 4
+  custom-mig:
+    - devices: [0]
+      mig-enabled: false
+    - devices: [1]
+      mig-enabled: true
+      mig-devices:
+        "1g.10gb": 2
+    - devices: [2]
+      mig-enabled: true
+      mig-devices:
+        "2g.20gb": 2
+        "3g.40gb": 1
+    - devices: [3]
+      mig-enabled: true
+      mig-devices:
+        "3g.40gb": 1
+        "4g.40gb": 1
+  five-1g-one-2g:
+    - devices: all
+      mig-enabled: true
+      mig-devices:
+        "1g.10gb": 5
+        "2g.20gb": 1
+  bogus-profile:
+    - devices: all
+      mig-enabled: true
+      mig-devices:
+        "2g.10gb": 1
+  too-much:
+    - devices: all
+      mig-enabled: true
+      mig-devices:
+        "3g.40gb": 2
+        "1g.10gb": 1
+"""
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> str:
+    path = tmp_path / "config.yaml"
+    path.write_text(OPERATOR_CONFIG)
+    return str(path)
+
+
+@pytest.fixture
+def node8(tmp_path: Path) -> Iterator[str]:
+    """A fresh simulated 8xH100 node; yields its state file."""
+    yield simulator.write_state(tmp_path / "node.state", "8xh100-80gb")
+
+
+def run_cli(*args: str, state: str) -> int:
+    return cli_main(["--sim-state", state, *args])
+
+
+def snapshot(state: str) -> tuple[migkit.GpuState, ...]:
+    with migkit.open_node(sim_state=state) as node:
+        return node.snapshot()
+
+
+def mutations(state: str) -> dict[str, int]:
+    counts = simulator.stats(state)
+    return {name: counts.get(name, 0) for name in MUTATING}
+
+
+def test_single_strategy_all_1g_10gb(node8: str, config_file: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """all-1g.10gb gives 7 MIG devices per H100 and single-strategy labels for all of them."""
+    assert run_cli("apply", "-f", config_file, "-c", "all-1g.10gb", state=node8) == 0
+    assert run_cli("assert", "-f", config_file, "-c", "all-1g.10gb", state=node8) == 0
+    gpus = snapshot(node8)
+    assert all(len(g.gpu_instances) == 7 for g in gpus)
+    assert all(executor.current_counts(g) == {"1g.10gb": 7} for g in gpus)
+    capsys.readouterr()
+    assert run_cli("labels", "--strategy", "single", "-o", "json", state=node8) == 0
+    import json
+
+    labels = json.loads(capsys.readouterr().out)
+    assert labels["nvidia.com/gpu.count"] == "56"
+    assert labels["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3-MIG-1g.10gb"
+    assert labels["nvidia.com/gpu.slices.gi"] == "1"
+    assert labels["nvidia.com/mig.strategy"] == "single"
+
+
+def test_mixed_strategy_all_balanced_labels(node8: str, config_file: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """all-balanced gives 2x1g.10gb, 1x2g.20gb, 1x3g.40gb per GPU with the documented label values."""
+    assert run_cli("apply", "-f", config_file, "-c", "all-balanced", state=node8) == 0
+    capsys.readouterr()
+    assert run_cli("labels", "--strategy", "mixed", "-o", "json", state=node8) == 0
+    import json
+
+    labels = json.loads(capsys.readouterr().out)
+    expected = {
+        "1g.10gb": ("16", "1", "1", "9984", "16", "1"),
+        "2g.20gb": ("8", "2", "2", "20096", "32", "2"),
+        "3g.40gb": ("8", "3", "3", "40320", "60", "3"),
+    }
+    for profile, (count, copy, dec, memory, sms, slices) in expected.items():
+        key = f"nvidia.com/mig-{profile}"
+        assert labels[f"{key}.count"] == count
+        assert labels[f"{key}.engines.copy"] == copy
+        assert labels[f"{key}.engines.decoder"] == dec
+        assert labels[f"{key}.memory"] == memory
+        assert labels[f"{key}.multiprocessors"] == sms
+        assert labels[f"{key}.slices.gi"] == slices
+        assert labels[f"{key}.slices.ci"] == slices
+
+
+def test_reconfigure_all_balanced_to_all_3g(node8: str, config_file: str) -> None:
+    """all-balanced -> all-3g.40gb keeps the existing 3g.40gb of every GPU."""
+    assert run_cli("apply", "-f", config_file, "-c", "all-balanced", state=node8) == 0
+    before = {g.index: [gi for gi in g.gpu_instances if gi.profile == "3g.40gb"][0] for g in snapshot(node8)}
+    assert run_cli("apply", "-f", config_file, "-c", "all-3g.40gb", state=node8) == 0
+    assert run_cli("assert", "-f", config_file, "-c", "all-3g.40gb", state=node8) == 0
+    for gpu in snapshot(node8):
+        assert executor.current_counts(gpu) == {"3g.40gb": 2}
+        assert any(gi.id == before[gpu.index].id and gi.start == before[gpu.index].start for gi in gpu.gpu_instances)
+
+
+def test_keeping_instances_destroys_one_gi_per_gpu(node8: str, config_file: str) -> None:
+    """all-balanced -> {3g.40gb:1, 1g.10gb:4} destroys exactly the 2g.20gb on each GPU."""
+    assert run_cli("apply", "-f", config_file, "-c", "all-balanced", state=node8) == 0
+    before = simulator.stats(node8)
+    assert run_cli("apply", "-f", config_file, "-c", "keep-3g-and-1gs", state=node8) == 0
+    after = simulator.stats(node8)
+    destroyed = after.get("nvmlGpuInstanceDestroy", 0) - before.get("nvmlGpuInstanceDestroy", 0)
+    assert destroyed == 8
+    assert all(executor.current_counts(g) == {"3g.40gb": 1, "1g.10gb": 4} for g in snapshot(node8))
+
+
+def test_custom_per_device_config(tmp_path: Path, config_file: str) -> None:
+    """The documentation's custom-mig example: each GPU gets its own layout; unlisted GPUs stay."""
+    state = simulator.write_state(tmp_path / "n.state", "5xh100-80gb")
+    assert run_cli("apply", "-f", config_file, "-c", "custom-mig", state=state) == 0
+    gpus = snapshot(state)
+    assert not gpus[0].mig_enabled
+    assert executor.current_counts(gpus[1]) == {"1g.10gb": 2}
+    assert executor.current_counts(gpus[2]) == {"2g.20gb": 2, "3g.40gb": 1}
+    assert executor.current_counts(gpus[3]) == {"3g.40gb": 1, "4g.40gb": 1}
+    assert not gpus[4].mig_enabled  # not covered: untouched
+    assert run_cli("assert", "-f", config_file, "-c", "custom-mig", state=state) == 0
+
+
+def test_five_1g_one_2g_then_all_disabled(node8: str, config_file: str) -> None:
+    """five-1g-one-2g applies on every GPU, and all-disabled turns MIG off again."""
+    assert run_cli("apply", "-f", config_file, "-c", "five-1g-one-2g", state=node8) == 0
+    assert all(executor.current_counts(g) == {"1g.10gb": 5, "2g.20gb": 1} for g in snapshot(node8))
+    assert run_cli("apply", "-f", config_file, "-c", "all-disabled", state=node8) == 0
+    assert all(not g.mig_enabled and not g.gpu_instances for g in snapshot(node8))
+    assert run_cli("assert", "-f", config_file, "-c", "all-disabled", state=node8) == 0
+
+
+def test_matching_node_is_not_touched(node8: str, config_file: str) -> None:
+    """A second apply of the same config issues no mutating NVML call."""
+    assert run_cli("apply", "-f", config_file, "-c", "all-balanced", state=node8) == 0
+    before = mutations(node8)
+    assert run_cli("apply", "-f", config_file, "-c", "all-balanced", state=node8) == 0
+    assert mutations(node8) == before
+
+
+@pytest.mark.parametrize("name", ["bogus-profile", "too-much"])
+def test_invalid_configs_exit_2_without_mutation(node8: str, config_file: str, name: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown profile or an infeasible layout stops before any mutating NVML call."""
+    assert run_cli("apply", "-f", config_file, "-c", name, state=node8) == 2
+    err = capsys.readouterr().err
+    assert "GPU 0" in err
+    assert ("2g.10gb" in err) if name == "bogus-profile" else ("slice" in err)
+    assert not any(mutations(node8).values())
+
+
+def test_assert_fails_with_reason_on_drift(node8: str, config_file: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """assert exits 1 and says which GPU differs and how."""
+    assert run_cli("apply", "-f", config_file, "-c", "all-balanced", state=node8) == 0
+    capsys.readouterr()
+    assert run_cli("assert", "-f", config_file, "-c", "all-3g.40gb", state=node8) == 1
+    err = capsys.readouterr().err
+    assert "GPU 0" in err and "3g.40gb" in err
+
+
+def test_ampere_mode_change_resets_only_changed_gpus(tmp_path: Path, config_file: str) -> None:
+    """On A100s a pending enable is completed by resetting only the GPUs that changed."""
+    state = simulator.write_state(tmp_path / "a.state", "2xa100-80gb")
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text("version: v1\nmig-configs:\n  one:\n    - devices: [1]\n      mig-enabled: true\n"
+                   "      mig-devices: {\"3g.40gb\": 2}\n")
+    assert run_cli("apply", "-f", str(cfg), "-c", "one", state=state) == 0
+    gpus = snapshot(state)
+    assert not gpus[0].mig_enabled and gpus[1].mig_enabled
+    assert simulator.stats(state).get("migkitSimResetGpu") == 1
+
+
+def test_skip_reset_reports_pending_mode(tmp_path: Path) -> None:
+    """--mode-only --skip-reset leaves an Ampere change pending and says so, with exit 0."""
+    state = simulator.write_state(tmp_path / "a.state", "1xa100-40gb")
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text("version: v1\nmig-configs:\n  on:\n    - devices: all\n      mig-enabled: true\n      mig-devices: {}\n")
+    assert run_cli("apply", "--mode-only", "--skip-reset", "-f", str(cfg), state=state) == 0
+    gpu = snapshot(state)[0]
+    assert gpu.mig_mode == 0 and gpu.pending_mig_mode == 1
+    assert run_cli("apply", "-f", str(cfg), state=state) == 0
+    assert snapshot(state)[0].mig_enabled
+
+
+def _apply_in_process(state: str, config_file: str, name: str) -> executor.ApplyReport:
+    config = load_config(config_file)
+    with migkit.open_node(sim_state=state) as node:
+        return executor.apply(node, config, executor.ApplyOptions(selected_config=name, config_file=config_file))
+
+
+def _leaks(gpu: migkit.GpuState) -> list[str]:
+    return [f"{gi.profile}@{gi.start}" for gi in gpu.gpu_instances if not gi.compute_instances]
+
+
+@pytest.mark.parametrize("function", MUTATING[1:])
+def test_fault_at_every_mutating_call_restores_and_converges(tmp_path: Path, config_file: str,
+                                                             monkeypatch: pytest.MonkeyPatch, function: str) -> None:
+    """An NVML failure at any call of an apply leaves no orphan instance, and a rerun converges."""
+    base = simulator.write_state(tmp_path / "base.state", "2xh100-80gb")
+    assert _apply_in_process(base, config_file, "all-balanced").ok
+    reference = tmp_path / "ref.state"
+    reference.write_text(Path(base).read_text())
+    before = simulator.stats(str(reference)).get(function, 0)
+    assert _apply_in_process(str(reference), config_file, "five-1g-one-2g").ok
+    calls = simulator.stats(str(reference)).get(function, 0) - before
+    assert calls > 0
+    for n in range(1, calls + 1):
+        state = tmp_path / f"s{n}.state"
+        state.write_text(Path(base).read_text())
+        previous = {g.index: executor.current_counts(g) for g in snapshot(str(state))}
+        monkeypatch.setenv("MIGKIT_SIM_FAULTS", f"{function}@{n}=INSUFFICIENT_RESOURCES")
+        report = _apply_in_process(str(state), config_file, "five-1g-one-2g")
+        monkeypatch.delenv("MIGKIT_SIM_FAULTS")
+        assert not report.ok
+        assert "INSUFFICIENT_RESOURCES" in report.summary()
+        for gpu in snapshot(str(state)):
+            assert not _leaks(gpu), f"{function}@{n}: GPU {gpu.index} leaked {_leaks(gpu)}"
+            assert executor.current_counts(gpu) in (previous[gpu.index], {"1g.10gb": 5, "2g.20gb": 1})
+        assert _apply_in_process(str(state), config_file, "five-1g-one-2g").ok
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "migkit", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+
+
+def _wait_for_lock(state: str, timeout: float = 30.0) -> None:
+    """Wait until an apply holds the node's lock (it writes its pid there)."""
+    lock = Path(state + ".apply.lock")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if lock.exists() and lock.read_text().strip():
+            return
+        time.sleep(0.01)
+    raise AssertionError("the apply never took the node lock")
+
+
+def test_killed_apply_converges_on_rerun(node8: str, config_file: str) -> None:
+    """An apply killed half-way is completed by running it again."""
+    proc = _cli("--sim-state", node8, "apply", "-f", config_file, "-c", "all-balanced",
+                env={"MIGKIT_SIM_LATENCY_MS": "150"})
+    _wait_for_lock(node8)
+    time.sleep(0.6)  # mode phase done (150 ms), config phase (8 x 150 ms per GPU) under way
+    proc.kill()
+    proc.wait()
+    assert run_cli("assert", "-f", config_file, "-c", "all-balanced", state=node8) == 1
+    assert run_cli("apply", "-f", config_file, "-c", "all-balanced", state=node8) == 0
+    assert run_cli("assert", "-f", config_file, "-c", "all-balanced", state=node8) == 0
+
+
+def test_concurrent_applies_do_not_interleave(node8: str, config_file: str) -> None:
+    """Of two simultaneous applies one runs and the other refuses, naming the lock."""
+    env = {"MIGKIT_SIM_LATENCY_MS": "150"}
+    first = _cli("--sim-state", node8, "apply", "-f", config_file, "-c", "all-balanced", env=env)
+    _wait_for_lock(node8)
+    second = _cli("--sim-state", node8, "apply", "-f", config_file, "-c", "all-3g.40gb", env=env)
+    out2, err2 = second.communicate(timeout=120)
+    out1, err1 = first.communicate(timeout=120)
+    assert first.returncode == 0, err1
+    assert second.returncode == 1
+    assert "another migkit apply is running" in err2
+    assert run_cli("assert", "-f", config_file, "-c", "all-balanced", state=node8) == 0
