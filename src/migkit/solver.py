@@ -341,13 +341,21 @@ class _Compiled:
         slices = max((p.end for k in self.kinds for p in k.placements), default=0)
         self.slices = max(slices, model.memory_slices)
         self.full = (1 << self.slices) - 1
-        sizes = sorted({k.size for k in self.kinds}, reverse=True)
-        all_masks = [(k.size, m) for k in self.kinds for m in k.masks]
-        self.score = tuple(
-            tuple(sum(1 for s, m in all_masks if s == size and m & ~free == 0) for size in sizes)
-            for free in range(1 << self.slices)
-        )
+        self._sizes = sorted({k.size for k in self.kinds}, reverse=True)
+        self._all_masks = [(k.size, m) for k in self.kinds for m in k.masks]
+        self._scores: dict[int, tuple[int, ...]] = {}
         self._memo: dict[tuple[int, tuple[int, ...], int], _Found | None] = {}
+
+    def score(self, free: int) -> tuple[int, ...]:
+        """How many GI placements still fit in ``free``, counted per size, largest first."""
+        cached = self._scores.get(free)
+        if cached is None:
+            cached = tuple(
+                sum(1 for s, m in self._all_masks if s == size and m & ~free == 0)
+                for size in self._sizes
+            )
+            self._scores[free] = cached
+        return cached
 
     def place(self, counts: tuple[int, ...], occupied: int) -> _Found | None:
         """Best placement of ``counts[j]`` new GIs of each kind around ``occupied``."""
@@ -359,7 +367,7 @@ class _Compiled:
         while j < len(counts) and counts[j] == 0:
             j += 1
         if j == len(counts):
-            return self.score[self.full & ~occupied], occupied, ()
+            return self.score(self.full & ~occupied), occupied, ()
         key = (j, counts[j:], occupied)
         if key in self._memo:
             return self._memo[key]
