@@ -14,7 +14,11 @@ Names are resolved lazily, so ``import migkit`` stays cheap for command-line use
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+# Not `from typing import ...`: importing typing would slow down every CLI start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __version__ = "0.1.0"
 

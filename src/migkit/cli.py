@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, TextIO
-
+TYPE_CHECKING = False  # importing typing would slow down every start
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any, NoReturn, TextIO
+
     from migkit.node import Node
 
 EXIT_OK = 0
