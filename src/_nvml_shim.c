@@ -447,7 +447,7 @@ int shim_shutdown(void)
 
 const char *shim_error_string(int code)
 {
-    if (nv.error_string != NULL) {
+    if (code >= 0 && nv.error_string != NULL) { /* negative statuses are the shim's own */
         const char *text = nv.error_string(code);
         if (text != NULL)
             return text;

@@ -416,6 +416,18 @@ def test_another_library_cannot_replace_the_loaded_one(node: Node, tmp_path: obj
         _nvml.load(other)
 
 
+def test_the_real_library_is_refused_once_the_simulator_is_loaded(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the simulator, a default load would get it back by soname: refused, said why."""
+    from migkit.errors import NvmlLibraryNotFound
+
+    monkeypatch.delenv("MIGKIT_NVML_LIBRARY", raising=False)
+    with pytest.raises(NvmlLibraryNotFound, match="simulator"):
+        _nvml.load()
+    assert os.path.samefile(_nvml.load("libnvidia-ml.so.1"), simulator.library_path())
+
+
 def test_nvml_errors_carry_code_name_and_call() -> None:
     """Return codes map to NvmlError subclasses with the NVML name and the failing call."""
     err = _nvml._error(23, "nvmlDeviceCreateGpuInstanceWithPlacement", "GPU 1")

@@ -159,7 +159,13 @@ def _check_compatible(
     """A process has one libnvidia-ml: refuse to silently use another than the one asked for."""
     wanted = paths[0] if (explicit is not None or os.environ.get(LIBRARY_ENV)) else None
     if wanted is not None:
-        if os.path.exists(wanted) and not _same_file(wanted, loaded):
+        # a bare soname is what the dynamic loader matches against the library already loaded
+        same = (
+            wanted == SONAME
+            if "/" not in wanted
+            else (os.path.exists(wanted) and _same_file(wanted, loaded))
+        )
+        if not same:
             raise NvmlLibraryNotFound(
                 f"cannot load {wanted}: this process already uses the NVML library {loaded} "
                 "(one libnvidia-ml per process)",
@@ -652,8 +658,11 @@ class Snapshotter:
                     continue
                 break
             if code != 0:
-                raise _error(code, "nvmlDeviceGetCount_v2" if code != 7 else "shim_snapshot",
-                             f"{count} GPUs" if code == 7 else "")
+                raise _error(
+                    code,
+                    "nvmlDeviceGetCount_v2" if code != 7 else "shim_snapshot",
+                    f"{count} GPUs" if code == 7 else "",
+                )
             previous = self._buffers[self._current ^ 1]
             known = min(len(self._states), count)
             if known:
@@ -668,9 +677,29 @@ class Snapshotter:
 
     def _build(self, buf: Any, out: Any, i: int) -> GpuState:
         base = i * _DEVICE_SIZE
-        (index, status, pci_id, subsys_id, arch, mig_capable, mode, pending, _max_mig,
-         n_profiles, n_ci_profiles, n_gis, n_cis, _n_mig, truncated, _reserved, memory_total,
-         failed_call, uuid, name, bus_id) = _DEVICE.unpack_from(buf, base)
+        (
+            index,
+            status,
+            pci_id,
+            subsys_id,
+            arch,
+            mig_capable,
+            mode,
+            pending,
+            _max_mig,
+            n_profiles,
+            n_ci_profiles,
+            n_gis,
+            n_cis,
+            _n_mig,
+            truncated,
+            _reserved,
+            memory_total,
+            failed_call,
+            uuid,
+            name,
+            bus_id,
+        ) = _DEVICE.unpack_from(buf, base)
         if status != 0:
             self._states = []  # do not trust a partial read next time either
             raise _error(status, _text(failed_call), f"GPU {index}")
@@ -874,8 +903,13 @@ def create_gpu_instances(
         return GpuInstanceResult(0, None, r, item.gi_id, _placement(item.start, item.size))
 
     return _run_bulk(
-        lib.shim_create_gpu_instances, "shim_gi_create_t", list(requests), stop_on_error,
-        "nvmlDeviceCreateGpuInstanceWithPlacement", fill, result,
+        lib.shim_create_gpu_instances,
+        "shim_gi_create_t",
+        list(requests),
+        stop_on_error,
+        "nvmlDeviceCreateGpuInstanceWithPlacement",
+        fill,
+        result,
     )
 
 
@@ -898,8 +932,13 @@ def create_compute_instances(
         return ComputeInstanceResult(0, None, r, item.ci_id, placement)
 
     return _run_bulk(
-        lib.shim_create_compute_instances, "shim_ci_create_t", list(requests), stop_on_error,
-        "nvmlGpuInstanceCreateComputeInstanceWithPlacement", fill, result,
+        lib.shim_create_compute_instances,
+        "shim_ci_create_t",
+        list(requests),
+        stop_on_error,
+        "nvmlGpuInstanceCreateComputeInstanceWithPlacement",
+        fill,
+        result,
     )
 
 
@@ -915,8 +954,13 @@ def destroy_compute_instances(
         return DestroyResult(item.status, error, r)
 
     return _run_bulk(
-        lib.shim_destroy_compute_instances, "shim_ci_ref_t", list(refs), stop_on_error,
-        "nvmlComputeInstanceDestroy", fill, result,
+        lib.shim_destroy_compute_instances,
+        "shim_ci_ref_t",
+        list(refs),
+        stop_on_error,
+        "nvmlComputeInstanceDestroy",
+        fill,
+        result,
     )
 
 
@@ -932,8 +976,13 @@ def destroy_gpu_instances(
         return DestroyResult(item.status, error, r)
 
     return _run_bulk(
-        lib.shim_destroy_gpu_instances, "shim_gi_ref_t", list(refs), stop_on_error,
-        "nvmlGpuInstanceDestroy", fill, result,
+        lib.shim_destroy_gpu_instances,
+        "shim_gi_ref_t",
+        list(refs),
+        stop_on_error,
+        "nvmlGpuInstanceDestroy",
+        fill,
+        result,
     )
 
 
@@ -954,11 +1003,14 @@ def set_mig_mode(
         )
         current = None if item.current_mode == UNKNOWN_MODE else int(item.current_mode)
         pending = None if item.pending_mode == UNKNOWN_MODE else int(item.pending_mode)
-        return MigModeResult(
-            item.status, error, r, activation, activation_error, current, pending
-        )
+        return MigModeResult(item.status, error, r, activation, activation_error, current, pending)
 
     return _run_bulk(
-        lib.shim_set_mig_mode, "shim_mig_mode_t", list(requests), stop_on_error,
-        "nvmlDeviceSetMigMode", fill, result,
+        lib.shim_set_mig_mode,
+        "shim_mig_mode_t",
+        list(requests),
+        stop_on_error,
+        "nvmlDeviceSetMigMode",
+        fill,
+        result,
     )
