@@ -55,9 +55,14 @@ def run(latency_ms: int, repeat: int) -> dict[str, object]:
                 for gpus in (1, 8):
                     elapsed, stats = apply_once(gpus, directory)
                     times[gpus].append(elapsed)
-                    calls[gpus] = sum(stats.get(f, 0) for f in (
-                        "nvmlDeviceSetMigMode", "nvmlDeviceCreateGpuInstanceWithPlacement",
-                        "nvmlGpuInstanceCreateComputeInstanceWithPlacement"))
+                    calls[gpus] = sum(
+                        stats.get(f, 0)
+                        for f in (
+                            "nvmlDeviceSetMigMode",
+                            "nvmlDeviceCreateGpuInstanceWithPlacement",
+                            "nvmlGpuInstanceCreateComputeInstanceWithPlacement",
+                        )
+                    )
     finally:
         os.environ.pop("MIGKIT_SIM_LATENCY_MS", None)
     one, eight = statistics.median(times[1]), statistics.median(times[8])
@@ -82,10 +87,14 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "apply.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"apply all-balanced from MIG disabled, {args.latency_ms} ms per mutating NVML call")
-    print(f"  1 GPU : {statistics.median(result['seconds_1_gpu']):.3f} s "  # type: ignore[arg-type]
-          f"({result['mutating_calls_1_gpu']} mutating calls)")
-    print(f"  8 GPUs: {statistics.median(result['seconds_8_gpus']):.3f} s "  # type: ignore[arg-type]
-          f"({result['mutating_calls_8_gpus']} mutating calls)")
+    print(
+        f"  1 GPU : {statistics.median(result['seconds_1_gpu']):.3f} s "  # type: ignore[arg-type]
+        f"({result['mutating_calls_1_gpu']} mutating calls)"
+    )
+    print(
+        f"  8 GPUs: {statistics.median(result['seconds_8_gpus']):.3f} s "  # type: ignore[arg-type]
+        f"({result['mutating_calls_8_gpus']} mutating calls)"
+    )
     print(f"  ratio 8/1: {result['ratio_8_vs_1']:.2f}  (goal <= 1.3)")
 
 

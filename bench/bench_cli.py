@@ -43,11 +43,15 @@ def timed(argv: list[str], repeat: int) -> list[float]:
 
 
 def heavy_modules_on_version() -> list[str]:
-    code = ("import sys, runpy; sys.argv=['migkit','--version']\n"
-            "try:\n    runpy.run_module('migkit', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-            "print('MODULES=' + ','.join(m for m in ('yaml','migkit.solver','migkit._nvml','migkit.executor','attrs') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    code = (
+        "import sys, runpy; sys.argv=['migkit','--version']\n"
+        "try:\n    runpy.run_module('migkit', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "print('MODULES=' + ','.join(m for m in ('yaml','migkit.solver','migkit._nvml','migkit.executor','attrs') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     line = next(x for x in out.splitlines() if x.startswith("MODULES="))
     return [m for m in line.removeprefix("MODULES=").split(",") if m]
 
@@ -58,11 +62,30 @@ def run(repeat: int) -> dict[str, object]:
         cfg = os.path.join(d, "config.yaml")
         pathlib.Path(cfg).write_text(CONFIG)
         state = os.path.join(d, "node.state")
-        subprocess.run([py, "-m", "migkit", "--simulate", "8xh100-80gb", "--sim-state", state, "apply", "-f", cfg,
-                        "-c", "all-balanced"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                py,
+                "-m",
+                "migkit",
+                "--simulate",
+                "8xh100-80gb",
+                "--sim-state",
+                state,
+                "apply",
+                "-f",
+                cfg,
+                "-c",
+                "all-balanced",
+            ],
+            check=True,
+            capture_output=True,
+        )
         bare = timed([py, "-c", "pass"], repeat)
         version = timed([py, "-m", "migkit", "--version"], repeat)
-        assert_ = timed([py, "-m", "migkit", "--sim-state", state, "assert", "-f", cfg, "-c", "all-balanced"], repeat)
+        assert_ = timed(
+            [py, "-m", "migkit", "--sim-state", state, "assert", "-f", cfg, "-c", "all-balanced"],
+            repeat,
+        )
     med = statistics.median
     return {
         "repeat": repeat,
@@ -84,10 +107,14 @@ def main() -> None:
     (RESULTS / "cli.json").write_text(json.dumps(result, indent=2) + "\n")
     med = statistics.median
     print(f"python -c pass        : {med(result['python_bare_s']) * 1000:7.1f} ms")  # type: ignore[arg-type]
-    print(f"migkit --version      : {med(result['version_s']) * 1000:7.1f} ms "  # type: ignore[arg-type]
-          f"({result['version_over_bare']:.2f}x bare python)")
-    print(f"migkit assert (8 GPUs): {med(result['assert_8_gpus_s']) * 1000:7.1f} ms "  # type: ignore[arg-type]
-          f"({result['assert_over_bare']:.2f}x bare python)")
+    print(
+        f"migkit --version      : {med(result['version_s']) * 1000:7.1f} ms "  # type: ignore[arg-type]
+        f"({result['version_over_bare']:.2f}x bare python)"
+    )
+    print(
+        f"migkit assert (8 GPUs): {med(result['assert_8_gpus_s']) * 1000:7.1f} ms "  # type: ignore[arg-type]
+        f"({result['assert_over_bare']:.2f}x bare python)"
+    )
     print(f"heavy modules imported by --version: {result['modules_loaded_by_version'] or 'none'}")
 
 

@@ -108,14 +108,26 @@ def gather_with_pynvml() -> list[dict[str, Any]]:
                 break
             profiles.append(
                 {
-                    "id": p.id, "index": profile_index, "name": p.name, "slices": p.sliceCount,
-                    "instances": p.instanceCount, "memory": p.memorySizeMB,
-                    "sm": p.multiprocessorCount, "engines": (
-                        p.copyEngineCount, p.decoderCount, p.encoderCount, p.jpegCount,
-                        p.ofaCount),
+                    "id": p.id,
+                    "index": profile_index,
+                    "name": p.name,
+                    "slices": p.sliceCount,
+                    "instances": p.instanceCount,
+                    "memory": p.memorySizeMB,
+                    "sm": p.multiprocessorCount,
+                    "engines": (
+                        p.copyEngineCount,
+                        p.decoderCount,
+                        p.encoderCount,
+                        p.jpegCount,
+                        p.ofaCount,
+                    ),
                     "placements": _placements(
-                        pynvml.nvmlDeviceGetGpuInstancePossiblePlacements, device, p.id,
-                        pynvml.c_nvmlGpuInstancePlacement_t),
+                        pynvml.nvmlDeviceGetGpuInstancePossiblePlacements,
+                        device,
+                        p.id,
+                        pynvml.c_nvmlGpuInstancePlacement_t,
+                    ),
                     "compute_profiles": None,
                 }
             )
@@ -135,19 +147,26 @@ def gather_with_pynvml() -> list[dict[str, Any]]:
                     for ci_index in range(pynvml.NVML_COMPUTE_INSTANCE_PROFILE_COUNT):
                         try:
                             cp = pynvml.nvmlGpuInstanceGetComputeInstanceProfileInfo(
-                                gi, ci_index, pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
+                                gi, ci_index, pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED
+                            )
                         except pynvml.NVMLError_NotSupported:
                             continue
                         except pynvml.NVMLError_InvalidArgument:
                             break
                         compute_profiles.append(
                             {
-                                "id": cp.id, "index": ci_index, "name": cp.name,
-                                "slices": cp.sliceCount, "instances": cp.instanceCount,
+                                "id": cp.id,
+                                "index": ci_index,
+                                "name": cp.name,
+                                "slices": cp.sliceCount,
+                                "instances": cp.instanceCount,
                                 "sm": cp.multiprocessorCount,
                                 "placements": _placements(
                                     pynvml.nvmlGpuInstanceGetComputeInstancePossiblePlacements,
-                                    gi, cp.id, pynvml.c_nvmlComputeInstancePlacement_t),
+                                    gi,
+                                    cp.id,
+                                    pynvml.c_nvmlComputeInstancePlacement_t,
+                                ),
                             }
                         )
                     profile["compute_profiles"] = compute_profiles
@@ -155,17 +174,27 @@ def gather_with_pynvml() -> list[dict[str, Any]]:
                 for cp in profile["compute_profiles"]:
                     ci_array = (pynvml.c_nvmlComputeInstance_t * cp["instances"])()
                     ci_count = c_uint(cp["instances"])
-                    pynvml.nvmlGpuInstanceGetComputeInstances(gi, cp["id"], ci_array,
-                                                              byref(ci_count))
+                    pynvml.nvmlGpuInstanceGetComputeInstances(
+                        gi, cp["id"], ci_array, byref(ci_count)
+                    )
                     for j in range(ci_count.value):
                         ci = pynvml.nvmlComputeInstanceGetInfo(ci_array[j])
-                        cis.append({"id": ci.id, "profile_id": ci.profileId,
-                                    "placement": (ci.placement.start, ci.placement.size)})
+                        cis.append(
+                            {
+                                "id": ci.id,
+                                "profile_id": ci.profileId,
+                                "placement": (ci.placement.start, ci.placement.size),
+                            }
+                        )
                 cis_by_gi[info.id] = cis
                 gpu["gpu_instances"].append(
-                    {"id": info.id, "profile_id": info.profileId,
-                     "placement": (info.placement.start, info.placement.size),
-                     "compute_instances": cis})
+                    {
+                        "id": info.id,
+                        "profile_id": info.profileId,
+                        "placement": (info.placement.start, info.placement.size),
+                        "compute_instances": cis,
+                    }
+                )
         for k in range(pynvml.nvmlDeviceGetMaxMigDeviceCount(device)):
             try:
                 mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(device, k)
@@ -182,8 +211,9 @@ def gather_with_pynvml() -> list[dict[str, Any]]:
     return gpus
 
 
-def measure(fn: Callable[[], object], reps: int, before: Callable[[], object] | None = None
-            ) -> list[int]:
+def measure(
+    fn: Callable[[], object], reps: int, before: Callable[[], object] | None = None
+) -> list[int]:
     """Nanoseconds of ``reps`` calls of ``fn`` (``before`` runs untimed ahead of each)."""
     times = []
     for _ in range(reps):
@@ -201,8 +231,11 @@ def summary(times: list[int]) -> dict[str, float]:
 
 def _nvml_calls(state_file: str) -> int:
     counts = simulator.stats(state_file)
-    return sum(v for k, v in counts.items()
-               if k.startswith("nvml") and k not in ("nvmlInitWithFlags", "nvmlShutdown"))
+    return sum(
+        v
+        for k, v in counts.items()
+        if k.startswith("nvml") and k not in ("nvmlInitWithFlags", "nvmlShutdown")
+    )
 
 
 def calls_made(state_file: str, run: Callable[[], object]) -> int:
@@ -224,6 +257,7 @@ def _with_pynvml(fn: Callable[[], object]) -> Callable[[], None]:
             fn()
         finally:
             pynvml.nvmlShutdown()
+
     return run
 
 
@@ -232,6 +266,7 @@ def _with_node(state_file: str, read: bool) -> Callable[[], None]:
         with open_node(sim_state=state_file) as node:
             if read:
                 node.snapshot()
+
     return run
 
 
@@ -301,16 +336,20 @@ def main(argv: list[str] | None = None) -> int:
         "migkit_warm_over_c_loop_best": best["migkit_warm"] / best["c_loop"],
         "migkit_cold_over_c_loop_best": best["migkit_cold"] / best["c_loop"],
     }
-    print(f"snapshot of a simulated {spec} node, every GPU all-balanced "
-          f"(4 GIs + 4 CIs each); NVML calls per read: {calls}")
+    print(
+        f"snapshot of a simulated {spec} node, every GPU all-balanced "
+        f"(4 GIs + 4 CIs each); NVML calls per read: {calls}"
+    )
     print(f"{'reader':<14}{'best us':>12}{'median us':>12}{'samples':>10}")
     for name, s in stats.items():
         print(f"{name:<14}{s['best_us']:>12.1f}{s['median_us']:>12.1f}{len(samples[name]):>10}")
-    print("ratios (median): "
-          f"pynvml/migkit = {ratios['pynvml_over_migkit_warm_median']:.1f}x warm, "
-          f"{ratios['pynvml_over_migkit_cold_median']:.1f}x cold (goal >= 10x); "
-          f"migkit/C loop = {ratios['migkit_warm_over_c_loop_median']:.2f}x warm, "
-          f"{ratios['migkit_cold_over_c_loop_median']:.2f}x cold (goal <= 1.5x)")
+    print(
+        "ratios (median): "
+        f"pynvml/migkit = {ratios['pynvml_over_migkit_warm_median']:.1f}x warm, "
+        f"{ratios['pynvml_over_migkit_cold_median']:.1f}x cold (goal >= 10x); "
+        f"migkit/C loop = {ratios['migkit_warm_over_c_loop_median']:.2f}x warm, "
+        f"{ratios['migkit_cold_over_c_loop_median']:.2f}x cold (goal <= 1.5x)"
+    )
 
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:

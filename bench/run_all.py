@@ -35,7 +35,9 @@ def run_benchmarks(quick: bool) -> dict[str, float]:
     for name, (script, args, quick_args) in BENCHMARKS.items():
         print(f"== {name}: python bench/{script}", flush=True)
         start = time.perf_counter()
-        subprocess.run([sys.executable, str(HERE / script), *(quick_args if quick else args)], check=True)
+        subprocess.run(
+            [sys.executable, str(HERE / script), *(quick_args if quick else args)], check=True
+        )
         durations[name] = time.perf_counter() - start
     return durations
 
@@ -60,44 +62,81 @@ def rows() -> list[tuple[str, str, str, str]]:
     closs = ratios["migkit_warm_over_c_loop_median"]  # type: ignore[index]
     closs_cold = ratios["migkit_cold_over_c_loop_median"]  # type: ignore[index]
     return [
-        ("snapshot, 8 partitioned GPUs: nvidia-ml-py time / migkit time",
-         f"{fast:.1f}x (first read {cold:.1f}x)", ">= 10x", ok(fast >= 10)),
-        ("snapshot: migkit time / plain C loop of the same NVML calls",
-         f"{closs:.2f}x (first read {closs_cold:.2f}x)", "<= 1.5x", ok(closs <= 1.5)),
-        (f"solver: all {solver['requests']} count combinations on h100-80gb, total",  # type: ignore[index]
-         f"{s['total_s'] * 1000:.0f} ms", "-", "-"),
-        ("solver: p99 per solve (pure Python)", f"{s['p99_us'] / 1000:.3f} ms", "< 1 ms", ok(s["p99_us"] < 1000)),
-        ("reconfiguration: plans destroying the oracle's minimum",
-         f"{reconf['equal_to_oracle']}/{reconf['runs']} ({reconf['equal_pct']:.1f}%)", "100%",
-         ok(reconf["equal_pct"] == 100.0)),
-        (f"apply all-balanced, {apply_['latency_ms']} ms/NVML call: 8 GPUs / 1 GPU",
-         f"{apply_['ratio_8_vs_1']:.2f}x", "<= 1.3x", ok(apply_["ratio_8_vs_1"] <= 1.3)),  # type: ignore[operator]
-        ("CLI start-up: migkit --version / bare python",
-         f"{cli['version_over_bare']:.2f}x ({med(cli['version_s']) * 1000:.0f} ms)", "lazy import",  # type: ignore[arg-type]
-         ok(not cli["modules_loaded_by_version"])),
-        ("CLI start-up: migkit assert on 8 simulated GPUs / bare python",
-         f"{cli['assert_over_bare']:.2f}x ({med(cli['assert_8_gpus_s']) * 1000:.0f} ms)", "-", "-"),  # type: ignore[arg-type]
+        (
+            "snapshot, 8 partitioned GPUs: nvidia-ml-py time / migkit time",
+            f"{fast:.1f}x (first read {cold:.1f}x)",
+            ">= 10x",
+            ok(fast >= 10),
+        ),
+        (
+            "snapshot: migkit time / plain C loop of the same NVML calls",
+            f"{closs:.2f}x (first read {closs_cold:.2f}x)",
+            "<= 1.5x",
+            ok(closs <= 1.5),
+        ),
+        (
+            f"solver: all {solver['requests']} count combinations on h100-80gb, total",  # type: ignore[index]
+            f"{s['total_s'] * 1000:.0f} ms",
+            "-",
+            "-",
+        ),
+        (
+            "solver: p99 per solve (pure Python)",
+            f"{s['p99_us'] / 1000:.3f} ms",
+            "< 1 ms",
+            ok(s["p99_us"] < 1000),
+        ),
+        (
+            "reconfiguration: plans destroying the oracle's minimum",
+            f"{reconf['equal_to_oracle']}/{reconf['runs']} ({reconf['equal_pct']:.1f}%)",
+            "100%",
+            ok(reconf["equal_pct"] == 100.0),
+        ),
+        (
+            f"apply all-balanced, {apply_['latency_ms']} ms/NVML call: 8 GPUs / 1 GPU",
+            f"{apply_['ratio_8_vs_1']:.2f}x",
+            "<= 1.3x",
+            ok(apply_["ratio_8_vs_1"] <= 1.3),
+        ),  # type: ignore[operator]
+        (
+            "CLI start-up: migkit --version / bare python",
+            f"{cli['version_over_bare']:.2f}x ({med(cli['version_s']) * 1000:.0f} ms)",
+            "lazy import",  # type: ignore[arg-type]
+            ok(not cli["modules_loaded_by_version"]),
+        ),
+        (
+            "CLI start-up: migkit assert on 8 simulated GPUs / bare python",
+            f"{cli['assert_over_bare']:.2f}x ({med(cli['assert_8_gpus_s']) * 1000:.0f} ms)",
+            "-",
+            "-",
+        ),  # type: ignore[arg-type]
     ]
 
 
 def render(table: list[tuple[str, str, str, str]]) -> str:
     head = ("benchmark", "measured", "goal", "met")
     widths = [max(len(r[i]) for r in [head, *table]) for i in range(4)]
-    line = "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |"
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=False)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    body = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in table]
+    body = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + " |" for r in table]
     return "\n".join([line, sep, *body])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    parser.add_argument("--table-only", action="store_true", help="only print the table from bench/results/")
+    parser.add_argument(
+        "--table-only", action="store_true", help="only print the table from bench/results/"
+    )
     args = parser.parse_args()
     if not args.table_only:
         durations = run_benchmarks(args.quick)
-        summary = {"python": platform.python_version(), "machine": platform.machine(),
-                   "benchmark_seconds": durations, "rows": rows()}
+        summary = {
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "benchmark_seconds": durations,
+            "rows": rows(),
+        }
         (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print()
     print(render(rows()))

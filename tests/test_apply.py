@@ -118,7 +118,9 @@ def mutations(state: str) -> dict[str, int]:
     return {name: counts.get(name, 0) for name in MUTATING}
 
 
-def test_single_strategy_all_1g_10gb(node8: str, config_file: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_single_strategy_all_1g_10gb(
+    node8: str, config_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """all-1g.10gb gives 7 MIG devices per H100 and single-strategy labels for all of them."""
     assert run_cli("apply", "-f", config_file, "-c", "all-1g.10gb", state=node8) == 0
     assert run_cli("assert", "-f", config_file, "-c", "all-1g.10gb", state=node8) == 0
@@ -136,7 +138,9 @@ def test_single_strategy_all_1g_10gb(node8: str, config_file: str, capsys: pytes
     assert labels["nvidia.com/mig.strategy"] == "single"
 
 
-def test_mixed_strategy_all_balanced_labels(node8: str, config_file: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_mixed_strategy_all_balanced_labels(
+    node8: str, config_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """all-balanced gives 2x1g.10gb, 1x2g.20gb, 1x3g.40gb per GPU with the documented label values."""
     assert run_cli("apply", "-f", config_file, "-c", "all-balanced", state=node8) == 0
     capsys.readouterr()
@@ -163,12 +167,18 @@ def test_mixed_strategy_all_balanced_labels(node8: str, config_file: str, capsys
 def test_reconfigure_all_balanced_to_all_3g(node8: str, config_file: str) -> None:
     """all-balanced -> all-3g.40gb keeps the existing 3g.40gb of every GPU."""
     assert run_cli("apply", "-f", config_file, "-c", "all-balanced", state=node8) == 0
-    before = {g.index: [gi for gi in g.gpu_instances if gi.profile == "3g.40gb"][0] for g in snapshot(node8)}
+    before = {
+        g.index: next(gi for gi in g.gpu_instances if gi.profile == "3g.40gb")
+        for g in snapshot(node8)
+    }
     assert run_cli("apply", "-f", config_file, "-c", "all-3g.40gb", state=node8) == 0
     assert run_cli("assert", "-f", config_file, "-c", "all-3g.40gb", state=node8) == 0
     for gpu in snapshot(node8):
         assert executor.current_counts(gpu) == {"3g.40gb": 2}
-        assert any(gi.id == before[gpu.index].id and gi.start == before[gpu.index].start for gi in gpu.gpu_instances)
+        assert any(
+            gi.id == before[gpu.index].id and gi.start == before[gpu.index].start
+            for gi in gpu.gpu_instances
+        )
 
 
 def test_keeping_instances_destroys_one_gi_per_gpu(node8: str, config_file: str) -> None:
@@ -213,8 +223,9 @@ def test_matching_node_is_not_touched(node8: str, config_file: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["bogus-profile", "too-much"])
-def test_invalid_configs_exit_2_without_mutation(node8: str, config_file: str, name: str,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_invalid_configs_exit_2_without_mutation(
+    node8: str, config_file: str, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """An unknown profile or an infeasible layout stops before any mutating NVML call."""
     assert run_cli("apply", "-f", config_file, "-c", name, state=node8) == 2
     err = capsys.readouterr().err
@@ -223,7 +234,9 @@ def test_invalid_configs_exit_2_without_mutation(node8: str, config_file: str, n
     assert not any(mutations(node8).values())
 
 
-def test_assert_fails_with_reason_on_drift(node8: str, config_file: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_assert_fails_with_reason_on_drift(
+    node8: str, config_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """assert exits 1 and says which GPU differs and how."""
     assert run_cli("apply", "-f", config_file, "-c", "all-balanced", state=node8) == 0
     capsys.readouterr()
@@ -236,8 +249,10 @@ def test_ampere_mode_change_resets_only_changed_gpus(tmp_path: Path, config_file
     """On A100s a pending enable is completed by resetting only the GPUs that changed."""
     state = simulator.write_state(tmp_path / "a.state", "2xa100-80gb")
     cfg = tmp_path / "a.yaml"
-    cfg.write_text("version: v1\nmig-configs:\n  one:\n    - devices: [1]\n      mig-enabled: true\n"
-                   "      mig-devices: {\"3g.40gb\": 2}\n")
+    cfg.write_text(
+        "version: v1\nmig-configs:\n  one:\n    - devices: [1]\n      mig-enabled: true\n"
+        '      mig-devices: {"3g.40gb": 2}\n'
+    )
     assert run_cli("apply", "-f", str(cfg), "-c", "one", state=state) == 0
     gpus = snapshot(state)
     assert not gpus[0].mig_enabled and gpus[1].mig_enabled
@@ -248,7 +263,9 @@ def test_skip_reset_reports_pending_mode(tmp_path: Path) -> None:
     """--mode-only --skip-reset leaves an Ampere change pending and says so, with exit 0."""
     state = simulator.write_state(tmp_path / "a.state", "1xa100-40gb")
     cfg = tmp_path / "a.yaml"
-    cfg.write_text("version: v1\nmig-configs:\n  on:\n    - devices: all\n      mig-enabled: true\n      mig-devices: {}\n")
+    cfg.write_text(
+        "version: v1\nmig-configs:\n  on:\n    - devices: all\n      mig-enabled: true\n      mig-devices: {}\n"
+    )
     assert run_cli("apply", "--mode-only", "--skip-reset", "-f", str(cfg), state=state) == 0
     gpu = snapshot(state)[0]
     assert gpu.mig_mode == 0 and gpu.pending_mig_mode == 1
@@ -259,7 +276,9 @@ def test_skip_reset_reports_pending_mode(tmp_path: Path) -> None:
 def _apply_in_process(state: str, config_file: str, name: str) -> executor.ApplyReport:
     config = load_config(config_file)
     with migkit.open_node(sim_state=state) as node:
-        return executor.apply(node, config, executor.ApplyOptions(selected_config=name, config_file=config_file))
+        return executor.apply(
+            node, config, executor.ApplyOptions(selected_config=name, config_file=config_file)
+        )
 
 
 def _leaks(gpu: migkit.GpuState) -> list[str]:
@@ -267,8 +286,9 @@ def _leaks(gpu: migkit.GpuState) -> list[str]:
 
 
 @pytest.mark.parametrize("function", MUTATING[1:])
-def test_fault_at_every_mutating_call_restores_and_converges(tmp_path: Path, config_file: str,
-                                                             monkeypatch: pytest.MonkeyPatch, function: str) -> None:
+def test_fault_at_every_mutating_call_restores_and_converges(
+    tmp_path: Path, config_file: str, monkeypatch: pytest.MonkeyPatch, function: str
+) -> None:
     """An NVML failure at any call of an apply leaves no orphan instance, and a rerun converges."""
     base = simulator.write_state(tmp_path / "base.state", "2xh100-80gb")
     assert _apply_in_process(base, config_file, "all-balanced").ok
@@ -289,13 +309,21 @@ def test_fault_at_every_mutating_call_restores_and_converges(tmp_path: Path, con
         assert "INSUFFICIENT_RESOURCES" in report.summary()
         for gpu in snapshot(str(state)):
             assert not _leaks(gpu), f"{function}@{n}: GPU {gpu.index} leaked {_leaks(gpu)}"
-            assert executor.current_counts(gpu) in (previous[gpu.index], {"1g.10gb": 5, "2g.20gb": 1})
+            assert executor.current_counts(gpu) in (
+                previous[gpu.index],
+                {"1g.10gb": 5, "2g.20gb": 1},
+            )
         assert _apply_in_process(str(state), config_file, "five-1g-one-2g").ok
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "migkit", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-m", "migkit", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def _wait_for_lock(state: str, timeout: float = 30.0) -> None:
@@ -311,8 +339,16 @@ def _wait_for_lock(state: str, timeout: float = 30.0) -> None:
 
 def test_killed_apply_converges_on_rerun(node8: str, config_file: str) -> None:
     """An apply killed half-way is completed by running it again."""
-    proc = _cli("--sim-state", node8, "apply", "-f", config_file, "-c", "all-balanced",
-                env={"MIGKIT_SIM_LATENCY_MS": "150"})
+    proc = _cli(
+        "--sim-state",
+        node8,
+        "apply",
+        "-f",
+        config_file,
+        "-c",
+        "all-balanced",
+        env={"MIGKIT_SIM_LATENCY_MS": "150"},
+    )
     _wait_for_lock(node8)
     time.sleep(0.6)  # mode phase done (150 ms), config phase (8 x 150 ms per GPU) under way
     proc.kill()
@@ -328,8 +364,8 @@ def test_concurrent_applies_do_not_interleave(node8: str, config_file: str) -> N
     first = _cli("--sim-state", node8, "apply", "-f", config_file, "-c", "all-balanced", env=env)
     _wait_for_lock(node8)
     second = _cli("--sim-state", node8, "apply", "-f", config_file, "-c", "all-3g.40gb", env=env)
-    out2, err2 = second.communicate(timeout=120)
-    out1, err1 = first.communicate(timeout=120)
+    _out2, err2 = second.communicate(timeout=120)
+    _out1, err1 = first.communicate(timeout=120)
     assert first.returncode == 0, err1
     assert second.returncode == 1
     assert "another migkit apply is running" in err2

@@ -449,10 +449,11 @@ def test_select_rules() -> None:
 @given(document=config_documents())
 def test_dump_and_load_round_trip(document: dict[str, object]) -> None:
     """Any valid document loads; dumping (YAML or JSON) and loading again gives equal configs."""
-    config = load_config(yaml.safe_dump(document))
+    # JSON text quotes every string; PyYAML's own dumper would leave keys such as N or y
+    # unquoted, which YAML 1.1 (and so mig-parted and migkit) reads as booleans.
+    config = load_config(json.dumps(document))
     assert load_config(dump_yaml(config)) == config
     assert load_config(dump_json(config)) == config
-    assert load_config(json.dumps(document)) == config
 
 
 def test_dump_yaml_uses_flow_style_for_devices_and_filters() -> None:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from migkit.errors import ConfigError
 from migkit.models import GpuState
+
+if TYPE_CHECKING:
+    from migkit.executor import ApplyReport
 
 FORMAT_VERSION = "v1"
 
@@ -118,7 +121,7 @@ def load(text: str, *, file: str | None = None) -> Checkpoint:
     return Checkpoint(tuple(gpus))
 
 
-def restore(node: Any, saved: Checkpoint, **options: Any) -> Any:
+def restore(node: Any, saved: Checkpoint, **options: Any) -> ApplyReport:
     """Make the node match the checkpoint at its exact placements (see :mod:`migkit.executor`)."""
     from migkit import executor
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
 TYPE_CHECKING = False  # importing typing would slow down every start
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -480,7 +481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     try:
-        return int(args.func(args))
+        code: int = args.func(args)
+        return code
     except UsageError as err:
         print(f"migkit {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -54,6 +54,8 @@ _BOOL_FALSE = frozenset({"n", "no", "false", "off"})
 class _Loader(yaml.SafeLoader):
     """SafeLoader that also reads YAML 1.1's ``y``/``n`` as booleans, as go-yaml v2 does."""
 
+    bool_values = {**yaml.SafeLoader.bool_values, "y": True, "n": False}
+
 
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()
 _Loader.add_implicit_resolver(_TAG + "bool", re.compile(r"^(?:y|Y|n|N)$"), list("yYnN"))

@@ -32,7 +32,6 @@ from migkit.errors import (
     MigkitError,
     NvmlError,
 )
-from migkit.plan import GpuPlan, plan_node
 from migkit.models import (
     MIG_DISABLED,
     MIG_ENABLED,
@@ -40,6 +39,7 @@ from migkit.models import (
     GpuState,
     Placement,
 )
+from migkit.plan import GpuPlan, plan_node
 from migkit.profiles import ProfileCounts
 
 # Outcomes reported per GPU.
@@ -239,7 +239,9 @@ def plan_targets(
     return tuple(targets), node_plan.warnings
 
 
-def matches(target: GpuTarget, *, mode_only: bool = False, check_plan: bool = True) -> tuple[bool, str]:
+def matches(
+    target: GpuTarget, *, mode_only: bool = False, check_plan: bool = True
+) -> tuple[bool, str]:
     """Whether the GPU already is what its spec asks; the reason when not."""
     gpu = target.gpu
     want = target.desired_mode
@@ -374,7 +376,8 @@ def _execute(node: Any, gpu: GpuState, actions: GpuActions, journal: _Journal) -
         _check(
             results,
             lambda r: (
-                f"creating GPU instance {names.get(r.request.profile_id, r.request.profile_id)} at {r.request.placement}"
+                f"creating GPU instance {names.get(r.request.profile_id, r.request.profile_id)} "
+                f"at {r.request.placement}"
             ),
             created,
         )
@@ -637,13 +640,17 @@ def _change_mode(node: Any, t: GpuTarget) -> GpuOutcome:
         except _StepFailed as failure:
             problems = rollback_gpu(node, gpu, _journal_of(failure))
             status = RESTORED if not problems else FAILED
-            return GpuOutcome(gpu.index, gpu.name, status, f"failed {failure.what}", str(failure.error))
+            return GpuOutcome(
+                gpu.index, gpu.name, status, f"failed {failure.what}", str(failure.error)
+            )
     if gpu.pending_mig_mode == t.desired_mode:
         now = gpu.mig_mode
     else:
         (result,) = node.set_mig_mode([MigModeRequest(gpu.index, int(t.desired_mode or 0))])
         if not result.ok:
-            return GpuOutcome(gpu.index, gpu.name, FAILED, "setting the MIG mode", str(result.error))
+            return GpuOutcome(
+                gpu.index, gpu.name, FAILED, "setting the MIG mode", str(result.error)
+            )
         now = result.mig_mode
     word = "enabled" if t.desired_mode else "disabled"
     if now != t.desired_mode:
@@ -792,7 +799,7 @@ def _runner(
 ) -> Any:
     from migkit.hooks import HookRunner, Hooks, load_hooks
 
-    hooks = load_hooks(hooks_file) if hooks_file else Hooks({})
+    hooks = load_hooks(hooks_file) if hooks_file else Hooks()
     return HookRunner(hooks, flag_env, debug=options_debug, inherit_env=inherit)
 
 
@@ -811,7 +818,9 @@ def _converge(
     """Mode phase, then config phase, then verification (hooks as upstream orders them)."""
     if not all(t.mode_matches for t in targets):
         runner.run("pre-apply-mode")
-        if not _mode_phase(node, targets, ApplyOptions(skip_reset=skip_reset, parallel=parallel), report, progress):
+        if not _mode_phase(
+            node, targets, ApplyOptions(skip_reset=skip_reset, parallel=parallel), report, progress
+        ):
             return
         targets = replan(node.snapshot())
         still = [t for t in targets if not t.mode_matches]

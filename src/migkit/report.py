@@ -44,12 +44,12 @@ def _profile_row(profile: Profile) -> dict[str, object]:
     }
 
 
-def profiles_table(gpus: Sequence[GpuModel] | Sequence[GpuState], fmt: str = "text") -> str:
+def profiles_table(gpus: Sequence[GpuModel | GpuState], fmt: str = "text") -> str:
     """Profiles and their possible placements per GPU, like ``nvidia-smi mig -lgip``/``-lgipp``."""
     if fmt == "json":
         doc = []
         for i, gpu in enumerate(gpus):
-            model = gpu.as_model() if isinstance(gpu, GpuState) else gpu
+            model: GpuModel = gpu.as_model() if isinstance(gpu, GpuState) else gpu
             doc.append(
                 {
                     "gpu": i,

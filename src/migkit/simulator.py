@@ -56,7 +56,7 @@ def library_path() -> str:
     package = resources.files("migkit")
     for entry in package.iterdir():
         if entry.name.startswith("_nvml_sim.") and entry.name.endswith(".so"):
-            return os.fspath(entry)  # type: ignore[call-overload]
+            return str(entry)
     raise SimulatorError(
         "the compiled simulator (migkit/_nvml_sim*.so) is missing; reinstall migkit"
     )
@@ -330,10 +330,9 @@ def reset_gpus(state_file: str | os.PathLike[str], gpus: Sequence[int] | None = 
 
 def _count(records: list[Record], name: str, n: int) -> None:
     for r in records:
-        if r.keyword == "calls":
-            if name in r.fields:
-                r.fields[name] = str(int(r.fields[name]) + n)
-                return
+        if r.keyword == "calls" and name in r.fields:
+            r.fields[name] = str(int(r.fields[name]) + n)
+            return
     calls = next((r for r in records if r.keyword == "calls"), None)
     if calls is None:
         calls = Record("calls")
