@@ -5,8 +5,8 @@ A Python library first (``import migkit``), with a CLI that is a drop-in for
 
 >>> import migkit
 >>> layout = migkit.solve(migkit.gpu_model("a100-40gb"), {"3g.20gb": 1, "2g.10gb": 1, "1g.5gb": 2})
->>> [(i.profile, i.start) for i in layout.instances]  # doctest: +SKIP
-[('3g.20gb', 4), ('2g.10gb', 0), ('1g.5gb', 2), ('1g.5gb', 3)]
+>>> [(i.profile, i.start) for i in layout.instances]
+[('2g.10gb', 0), ('1g.5gb', 2), ('1g.5gb', 3), ('3g.20gb', 4)]
 
 Names are resolved lazily, so ``import migkit`` stays cheap for command-line use.
 """
@@ -25,34 +25,49 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
     "ApplyError": "migkit.errors",
+    "canonical_name": "migkit.profiles",
     "ComputeInstance": "migkit.models",
     "ComputeProfile": "migkit.models",
+    "ConfigEntry": "migkit.config",
     "ConfigError": "migkit.errors",
+    "DeviceFilter": "migkit.filters",
+    "gpu_model": "migkit.hardware",
+    "gpu_models": "migkit.hardware",
     "GpuInstance": "migkit.models",
     "GpuModel": "migkit.models",
+    "GpuPlan": "migkit.plan",
     "GpuState": "migkit.models",
-    "InUse": "migkit.errors",
     "InfeasibleError": "migkit.errors",
     "InsufficientResources": "migkit.errors",
+    "InUse": "migkit.errors",
     "Layout": "migkit.solver",
+    "load_config": "migkit.config",
+    "MigConfigFile": "migkit.config",
     "MigkitError": "migkit.errors",
+    "Node": "migkit.node",
+    "NodePlan": "migkit.plan",
     "NoPermission": "migkit.errors",
     "NotFound": "migkit.errors",
     "NotSupported": "migkit.errors",
     "NvmlError": "migkit.errors",
     "NvmlLibraryNotFound": "migkit.errors",
-    "Placement": "migkit.models",
-    "Profile": "migkit.models",
-    "ReadOnlyError": "migkit.errors",
-    "ResetRequired": "migkit.errors",
-    "UnknownModelError": "migkit.errors",
-    "UnknownProfileError": "migkit.errors",
-    "gpu_model": "migkit.hardware",
-    "gpu_models": "migkit.hardware",
-    "load_config": "migkit.config",
     "open_node": "migkit.node",
+    "parse_profile_name": "migkit.profiles",
+    "PlacedCompute": "migkit.solver",
+    "PlacedInstance": "migkit.solver",
+    "Placement": "migkit.models",
+    "plan_node": "migkit.plan",
+    "plan_offline": "migkit.plan",
+    "Profile": "migkit.models",
+    "ProfileName": "migkit.profiles",
+    "ReadOnlyError": "migkit.errors",
+    "render_plan": "migkit.plan",
+    "ResetRequired": "migkit.errors",
+    "select": "migkit.config",
     "simulate": "migkit.simulator",
     "solve": "migkit.solver",
+    "UnknownModelError": "migkit.errors",
+    "UnknownProfileError": "migkit.errors",
 }
 _SUBMODULES = frozenset({"simulator", "errors", "models", "hardware"})
 
@@ -76,7 +91,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from migkit import hardware, models, simulator
-    from migkit.config import load_config
+    from migkit.config import ConfigEntry, MigConfigFile, load_config, select
     from migkit.errors import (
         ApplyError,
         ConfigError,
@@ -94,6 +109,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         UnknownModelError,
         UnknownProfileError,
     )
+    from migkit.filters import DeviceFilter
     from migkit.hardware import gpu_model, gpu_models
     from migkit.models import (
         ComputeInstance,
@@ -104,6 +120,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         Placement,
         Profile,
     )
-    from migkit.node import open_node
+    from migkit.node import Node, open_node
+    from migkit.plan import GpuPlan, NodePlan, plan_node, plan_offline, render_plan
+    from migkit.profiles import ProfileName, canonical_name, parse_profile_name
     from migkit.simulator import simulate
-    from migkit.solver import Layout, solve
+    from migkit.solver import Layout, PlacedCompute, PlacedInstance, solve
