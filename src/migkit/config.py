@@ -21,7 +21,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 import yaml
@@ -54,7 +54,7 @@ _BOOL_FALSE = frozenset({"n", "no", "false", "off"})
 class _Loader(yaml.SafeLoader):
     """SafeLoader that also reads YAML 1.1's ``y``/``n`` as booleans, as go-yaml v2 does."""
 
-    bool_values = {**yaml.SafeLoader.bool_values, "y": True, "n": False}
+    bool_values: ClassVar[dict[str, bool]] = {**yaml.SafeLoader.bool_values, "y": True, "n": False}
 
 
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()
