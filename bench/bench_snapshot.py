@@ -6,7 +6,9 @@ information with the same NVML calls:
 
   migkit   ``node.snapshot()``: one call into the shim, then frozen models
            ("warm": models reused for unchanged GPUs, the steady state of a process that
-           polls; "cold": model memo cleared before each read, every model built afresh)
+           polls; "one GPU changed": a compute instance on GPU 0 destroyed or re-created
+           before each read, so that GPU's models are rebuilt; "cold": every memo cleared
+           before each read, every model built afresh)
   pynvml   NVIDIA's nvidia-ml-py, in this process, call by call
   C loop   a tiny C module compiled now that makes the same calls and keeps a checksum
 
@@ -38,6 +40,7 @@ import pynvml  # noqa: E402
 from migkit import simulator  # noqa: E402
 from migkit.models import Placement  # noqa: E402
 from migkit.node import (  # noqa: E402
+    ComputeInstanceRef,
     ComputeInstanceRequest,
     GpuInstanceRequest,
     MigModeRequest,
@@ -174,9 +177,7 @@ def gather_with_pynvml() -> list[dict[str, Any]]:
                 for cp in profile["compute_profiles"]:
                     ci_array = (pynvml.c_nvmlComputeInstance_t * cp["instances"])()
                     ci_count = c_uint(cp["instances"])
-                    pynvml.nvmlGpuInstanceGetComputeInstances(
-                        gi, cp["id"], ci_array, byref(ci_count)
-                    )
+                    pynvml.nvmlGpuInstanceGetComputeInstances(gi, cp["id"], ci_array, byref(ci_count))
                     for j in range(ci_count.value):
                         ci = pynvml.nvmlComputeInstanceGetInfo(ci_array[j])
                         cis.append(
@@ -211,9 +212,7 @@ def gather_with_pynvml() -> list[dict[str, Any]]:
     return gpus
 
 
-def measure(
-    fn: Callable[[], object], reps: int, before: Callable[[], object] | None = None
-) -> list[int]:
+def measure(fn: Callable[[], object], reps: int, before: Callable[[], object] | None = None) -> list[int]:
     """Nanoseconds of ``reps`` calls of ``fn`` (``before`` runs untimed ahead of each)."""
     times = []
     for _ in range(reps):
@@ -231,11 +230,7 @@ def summary(times: list[int]) -> dict[str, float]:
 
 def _nvml_calls(state_file: str) -> int:
     counts = simulator.stats(state_file)
-    return sum(
-        v
-        for k, v in counts.items()
-        if k.startswith("nvml") and k not in ("nvmlInitWithFlags", "nvmlShutdown")
-    )
+    return sum(v for k, v in counts.items() if k.startswith("nvml") and k not in ("nvmlInitWithFlags", "nvmlShutdown"))
 
 
 def calls_made(state_file: str, run: Callable[[], object]) -> int:
@@ -294,8 +289,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # with nothing else holding NVML, count the calls each reader makes
         calls = {
-            "migkit": calls_made(state, _with_node(state, True))
-            - calls_made(state, _with_node(state, False)),
+            "migkit": calls_made(state, _with_node(state, True)) - calls_made(state, _with_node(state, False)),
             "pynvml": calls_made(state, _with_pynvml(gather_with_pynvml)),
             "c_loop": calls_made(state, _with_pynvml(c_loop)),
         }
@@ -305,11 +299,31 @@ def main(argv: list[str] | None = None) -> int:
             pynvml.nvmlInit()  # finds the simulator migkit loaded, by its soname
             snapshotter = node._snapshotter
             assert all(len(g.gpu_instances) == 4 for g in node.snapshot())
+            one_gi = next(g for g in node.snapshot()[0].gpu_instances if g.start == 3)
+            present = [True]
+
+            def change_one_gpu() -> None:
+                """Destroy or re-create one compute instance on GPU 0 (untimed)."""
+                if present[0]:
+                    done = node.destroy_compute_instances([ComputeInstanceRef(0, one_gi.id, 0)])
+                else:
+                    done = node.create_compute_instances([ComputeInstanceRequest(0, one_gi.id, 0, Placement(0, 1))])
+                assert done[0].ok
+                present[0] = not present[0]
+                # the simulator re-checks its file for reads at most every 1 ms; spin rather
+                # than sleep so that the timed read does not start on an idle core
+                until = time.perf_counter() + 0.0011
+                while time.perf_counter() < until:
+                    pass
+
             readers: dict[str, tuple[Callable[[], object], Callable[[], object] | None]] = {
                 "migkit_warm": (node.snapshot, None),
+                "migkit_one_gpu_changed": (node.snapshot, change_one_gpu),
                 "migkit_cold": (node.snapshot, snapshotter.clear_cache),
                 "pynvml": (gather_with_pynvml, None),
                 "c_loop": (c_loop, None),
+                # the simulator re-reads its state file after a change: the same for both
+                "c_loop_one_gpu_changed": (c_loop, change_one_gpu),
             }
             for fn, before in readers.values():  # warm up
                 measure(fn, 20, before)
@@ -332,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
         "pynvml_over_migkit_cold_median": median["pynvml"] / median["migkit_cold"],
         "migkit_warm_over_c_loop_median": median["migkit_warm"] / median["c_loop"],
         "migkit_cold_over_c_loop_median": median["migkit_cold"] / median["c_loop"],
+        "migkit_one_gpu_changed_over_c_loop_median": (
+            median["migkit_one_gpu_changed"] / median["c_loop_one_gpu_changed"]
+        ),
         "pynvml_over_migkit_warm_best": best["pynvml"] / best["migkit_warm"],
         "migkit_warm_over_c_loop_best": best["migkit_warm"] / best["c_loop"],
         "migkit_cold_over_c_loop_best": best["migkit_cold"] / best["c_loop"],
@@ -348,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         f"pynvml/migkit = {ratios['pynvml_over_migkit_warm_median']:.1f}x warm, "
         f"{ratios['pynvml_over_migkit_cold_median']:.1f}x cold (goal >= 10x); "
         f"migkit/C loop = {ratios['migkit_warm_over_c_loop_median']:.2f}x warm, "
+        f"{ratios['migkit_one_gpu_changed_over_c_loop_median']:.2f}x one GPU changed, "
         f"{ratios['migkit_cold_over_c_loop_median']:.2f}x cold (goal <= 1.5x)"
     )
 

@@ -62,9 +62,7 @@ def test_errors_seen_through_pynvml_and_the_state_migkit_reads(node: Node) -> No
     at_0 = pynvml.c_nvmlGpuInstancePlacement_t()
     at_0.start, at_0.size = 0, 4
     gi = pynvml.nvmlDeviceCreateGpuInstanceWithPlacement(device, three.id, byref(at_0))
-    code = _nvml_error_code(
-        pynvml.nvmlDeviceCreateGpuInstanceWithPlacement, device, four.id, byref(at_0)
-    )
+    code = _nvml_error_code(pynvml.nvmlDeviceCreateGpuInstanceWithPlacement, device, four.id, byref(at_0))
     assert code == pynvml.NVML_ERROR_INSUFFICIENT_RESOURCES == 23
 
     ci_profile = pynvml.nvmlGpuInstanceGetComputeInstanceProfileInfo(
@@ -79,13 +77,13 @@ def test_errors_seen_through_pynvml_and_the_state_migkit_reads(node: Node) -> No
     ci_info = pynvml.nvmlComputeInstanceGetInfo(ci)
     gpu = node.snapshot()[0]
     (instance,) = gpu.gpu_instances
-    assert (instance.id, instance.profile_id, instance.placement) == (
-        gi_info.id, 9, Placement(0, 4)
-    )
+    assert (instance.id, instance.profile_id, instance.placement) == (gi_info.id, 9, Placement(0, 4))
     assert instance.profile == "3g.40gb"
     (compute,) = instance.compute_instances
     assert (compute.id, compute.profile_id, compute.placement) == (
-        ci_info.id, ci_profile.id, Placement(ci_info.placement.start, ci_info.placement.size)
+        ci_info.id,
+        ci_profile.id,
+        Placement(ci_info.placement.start, ci_info.placement.size),
     )
     assert compute.placement == Placement(0, 3)
     assert node.snapshot()[1].gpu_instances == ()
@@ -153,13 +151,27 @@ def _read_with_pynvml(index: int) -> dict[str, Any]:
         except pynvml.NVMLError_NotSupported:
             continue
         placements = _placements(
-            pynvml.nvmlDeviceGetGpuInstancePossiblePlacements, device, info.id,
+            pynvml.nvmlDeviceGetGpuInstancePossiblePlacements,
+            device,
+            info.id,
             pynvml.c_nvmlGpuInstancePlacement_t,
         )
         profiles.append(
-            (info.id, profile_index, _text(info.name), info.sliceCount, info.instanceCount,
-             info.memorySizeMB, info.multiprocessorCount, info.copyEngineCount,
-             info.decoderCount, info.encoderCount, info.jpegCount, info.ofaCount, placements)
+            (
+                info.id,
+                profile_index,
+                _text(info.name),
+                info.sliceCount,
+                info.instanceCount,
+                info.memorySizeMB,
+                info.multiprocessorCount,
+                info.copyEngineCount,
+                info.decoderCount,
+                info.encoderCount,
+                info.jpegCount,
+                info.ofaCount,
+                placements,
+            )
         )
         if current != pynvml.NVML_DEVICE_MIG_ENABLE:
             continue  # GI calls are NOT_SUPPORTED while MIG is off
@@ -178,11 +190,21 @@ def _read_with_pynvml(index: int) -> dict[str, Any]:
                 except pynvml.NVMLError_NotSupported:
                     continue
                 ci_profiles[(info.id, cp.id)] = (
-                    cp.id, ci_index, _text(cp.name), cp.sliceCount, cp.instanceCount,
-                    cp.multiprocessorCount, cp.sharedCopyEngineCount, cp.sharedDecoderCount,
-                    cp.sharedEncoderCount, cp.sharedJpegCount, cp.sharedOfaCount,
+                    cp.id,
+                    ci_index,
+                    _text(cp.name),
+                    cp.sliceCount,
+                    cp.instanceCount,
+                    cp.multiprocessorCount,
+                    cp.sharedCopyEngineCount,
+                    cp.sharedDecoderCount,
+                    cp.sharedEncoderCount,
+                    cp.sharedJpegCount,
+                    cp.sharedOfaCount,
                     _placements(
-                        pynvml.nvmlGpuInstanceGetComputeInstancePossiblePlacements, gi, cp.id,
+                        pynvml.nvmlGpuInstanceGetComputeInstancePossiblePlacements,
+                        gi,
+                        cp.id,
                         pynvml.c_nvmlComputeInstancePlacement_t,
                     ),
                 )
@@ -191,10 +213,10 @@ def _read_with_pynvml(index: int) -> dict[str, Any]:
                 pynvml.nvmlGpuInstanceGetComputeInstances(gi, cp.id, ci_array, byref(ci_count))
                 for j in range(ci_count.value):
                     ci_info = pynvml.nvmlComputeInstanceGetInfo(ci_array[j])
-                    cis.append((ci_info.id, ci_info.profileId, ci_info.placement.start,
-                                ci_info.placement.size))
-            gis.append((gi_info.id, gi_info.profileId, gi_info.placement.start,
-                        gi_info.placement.size, tuple(sorted(cis))))
+                    cis.append((ci_info.id, ci_info.profileId, ci_info.placement.start, ci_info.placement.size))
+            gis.append(
+                (gi_info.id, gi_info.profileId, gi_info.placement.start, gi_info.placement.size, tuple(sorted(cis)))
+            )
     mig_devices = {}
     for k in range(pynvml.nvmlDeviceGetMaxMigDeviceCount(device)):
         try:
@@ -206,12 +228,14 @@ def _read_with_pynvml(index: int) -> dict[str, Any]:
         mig_devices[key] = (
             _text(pynvml.nvmlDeviceGetUUID(mig)),
             pynvml.nvmlDeviceGetMemoryInfo(mig).total >> 20,
-            attributes.multiprocessorCount, attributes.sharedCopyEngineCount,
-            attributes.sharedDecoderCount, attributes.sharedEncoderCount,
-            attributes.sharedJpegCount, attributes.sharedOfaCount,
+            attributes.multiprocessorCount,
+            attributes.sharedCopyEngineCount,
+            attributes.sharedDecoderCount,
+            attributes.sharedEncoderCount,
+            attributes.sharedJpegCount,
+            attributes.sharedOfaCount,
         )
-    out.update(profiles=sorted(profiles), gis=sorted(gis), ci_profiles=ci_profiles,
-               mig_devices=mig_devices)
+    out.update(profiles=sorted(profiles), gis=sorted(gis), ci_profiles=ci_profiles, mig_devices=mig_devices)
     return out
 
 
@@ -221,9 +245,18 @@ def _as_read_by_migkit(gpu: GpuState) -> dict[str, Any]:
     for p in gpu.profiles:
         for cp in p.compute_profiles:
             ci_profiles[(p.id, cp.id)] = (
-                cp.id, cp.index, cp.nvml_name, cp.slice_count, cp.instance_count,
-                cp.multiprocessors, cp.copy_engines, cp.decoders, cp.encoders, cp.jpegs,
-                cp.ofas, cp.placements,
+                cp.id,
+                cp.index,
+                cp.nvml_name,
+                cp.slice_count,
+                cp.instance_count,
+                cp.multiprocessors,
+                cp.copy_engines,
+                cp.decoders,
+                cp.encoders,
+                cp.jpegs,
+                cp.ofas,
+                cp.placements,
             )
     return {
         "uuid": gpu.uuid,
@@ -233,20 +266,45 @@ def _as_read_by_migkit(gpu: GpuState) -> dict[str, Any]:
         "architecture": gpu.architecture,
         "modes": (gpu.mig_mode, gpu.pending_mig_mode),
         "profiles": sorted(
-            (p.id, p.index, p.nvml_name, p.slice_count, p.instance_count, p.memory_mib,
-             p.multiprocessors, p.copy_engines, p.decoders, p.encoders, p.jpegs, p.ofas,
-             p.placements)
+            (
+                p.id,
+                p.index,
+                p.nvml_name,
+                p.slice_count,
+                p.instance_count,
+                p.memory_mib,
+                p.multiprocessors,
+                p.copy_engines,
+                p.decoders,
+                p.encoders,
+                p.jpegs,
+                p.ofas,
+                p.placements,
+            )
             for p in gpu.profiles
         ),
         "gis": sorted(
-            (g.id, g.profile_id, g.start, g.size,
-             tuple(sorted((c.id, c.profile_id, c.start, c.size) for c in g.compute_instances)))
+            (
+                g.id,
+                g.profile_id,
+                g.start,
+                g.size,
+                tuple(sorted((c.id, c.profile_id, c.start, c.size) for c in g.compute_instances)),
+            )
             for g in gpu.gpu_instances
         ),
         "ci_profiles": ci_profiles,
         "mig_devices": {
-            (g.id, c.id): (c.uuid, c.memory_mib, c.multiprocessors, c.copy_engines, c.decoders,
-                           c.encoders, c.jpegs, c.ofas)
+            (g.id, c.id): (
+                c.uuid,
+                c.memory_mib,
+                c.multiprocessors,
+                c.copy_engines,
+                c.decoders,
+                c.encoders,
+                c.jpegs,
+                c.ofas,
+            )
             for g in gpu.gpu_instances
             for c in g.compute_instances
         },

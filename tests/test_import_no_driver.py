@@ -12,8 +12,7 @@ import pytest
 
 from migkit import _nvml
 
-_SCRUBBED = ("MIGKIT_NVML_LIBRARY", "MIGKIT_SIM_STATE", "MIGKIT_SIMULATE", "LD_PRELOAD",
-             "LD_LIBRARY_PATH")
+_SCRUBBED = ("MIGKIT_NVML_LIBRARY", "MIGKIT_SIM_STATE", "MIGKIT_SIMULATE", "LD_PRELOAD", "LD_LIBRARY_PATH")
 
 
 def _run(code: str, **env: str) -> dict[str, object]:

@@ -95,8 +95,7 @@ def test_snapshot_of_simulated_h100_node_has_eight_h100s(node: Node) -> None:
         assert gpu.uuid.startswith("GPU-") and gpu.bus_id.startswith("00000000:")
         assert gpu.model_name == "h100-80gb"
         assert gpu.gpu_instances == ()
-        rows = [(p.id, p.nvml_name, p.memory_mib, p.multiprocessors, _lgipp(p.placements))
-                for p in gpu.profiles]
+        rows = [(p.id, p.nvml_name, p.memory_mib, p.multiprocessors, _lgipp(p.placements)) for p in gpu.profiles]
         assert rows == H100_PROFILES
     assert len({g.uuid for g in gpus}) == 8
 
@@ -105,14 +104,18 @@ def test_snapshot_profiles_carry_canonical_names_and_engines(node: Node) -> None
     """Profiles get migkit's canonical names from NVML's and the engine counts of -lgip."""
     gpu = _gpu(node, 0)
     assert [p.name for p in gpu.profiles] == [
-        "1g.10gb", "1g.10gb+me", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"
+        "1g.10gb",
+        "1g.10gb+me",
+        "1g.20gb",
+        "2g.20gb",
+        "3g.40gb",
+        "4g.40gb",
+        "7g.80gb",
     ]
     seven = gpu.profile("7g.80gb")
     assert (seven.index, seven.slice_count, seven.memory_slices) == (4, 7, 8)
     assert seven.instance_count == 1
-    assert (seven.copy_engines, seven.decoders, seven.encoders, seven.jpegs, seven.ofas) == (
-        8, 7, 0, 7, 1
-    )
+    assert (seven.copy_engines, seven.decoders, seven.encoders, seven.jpegs, seven.ofas) == (8, 7, 0, 7, 1)
     me = gpu.profile(20)
     assert (me.index, me.instance_count, me.ofas) == (7, 1, 1)
 
@@ -131,12 +134,48 @@ def test_snapshot_matches_every_bundled_model(model: object) -> None:
     assert gpu.architecture == model.architecture
     assert gpu.mig_capable == model.mig_capable
     assert gpu.model_name == model.name
-    got = [(p.id, p.index, p.name, p.nvml_name, p.slice_count, p.memory_slices, p.instance_count,
-            p.memory_mib, p.multiprocessors, p.copy_engines, p.decoders, p.encoders, p.jpegs,
-            p.ofas, p.capabilities, p.placements) for p in gpu.profiles]
-    want = [(p.id, p.index, p.name, p.nvml_name, p.slice_count, p.memory_slices, p.instance_count,
-             p.memory_mib, p.multiprocessors, p.copy_engines, p.decoders, p.encoders, p.jpegs,
-             p.ofas, p.capabilities, p.placements) for p in model.profiles]
+    got = [
+        (
+            p.id,
+            p.index,
+            p.name,
+            p.nvml_name,
+            p.slice_count,
+            p.memory_slices,
+            p.instance_count,
+            p.memory_mib,
+            p.multiprocessors,
+            p.copy_engines,
+            p.decoders,
+            p.encoders,
+            p.jpegs,
+            p.ofas,
+            p.capabilities,
+            p.placements,
+        )
+        for p in gpu.profiles
+    ]
+    want = [
+        (
+            p.id,
+            p.index,
+            p.name,
+            p.nvml_name,
+            p.slice_count,
+            p.memory_slices,
+            p.instance_count,
+            p.memory_mib,
+            p.multiprocessors,
+            p.copy_engines,
+            p.decoders,
+            p.encoders,
+            p.jpegs,
+            p.ofas,
+            p.capabilities,
+            p.placements,
+        )
+        for p in model.profiles
+    ]
     assert got == want
     assert gpu.as_model().memory_slices == model.memory_slices
 
@@ -172,9 +211,7 @@ def test_a_driver_rejecting_v3_profile_structs_is_read_with_v2(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """If GetGpuInstanceProfileInfoV rejects the v3 version word, the shim retries with v2."""
-    monkeypatch.setenv(
-        "MIGKIT_SIM_FAULTS", "nvmlDeviceGetGpuInstanceProfileInfoV@1=INVALID_ARGUMENT"
-    )
+    monkeypatch.setenv("MIGKIT_SIM_FAULTS", "nvmlDeviceGetGpuInstanceProfileInfoV@1=INVALID_ARGUMENT")
     with simulator.simulate("2xh100-80gb") as sim:
         with open_node(sim_state=sim.state_file) as n:
             gpus = n.snapshot()
@@ -213,8 +250,7 @@ def test_mig_mode_on_ampere_stays_pending_until_reset() -> None:
 def test_bulk_create_and_destroy_round_trip(mig_node: Node) -> None:
     """GIs and CIs created in bulk appear in the snapshot with MIG devices, then go away."""
     node = mig_node
-    layout = [(9, Placement(4, 4)), (14, Placement(0, 2)), (19, Placement(2, 1)),
-              (19, Placement(3, 1))]
+    layout = [(9, Placement(4, 4)), (14, Placement(0, 2)), (19, Placement(2, 1)), (19, Placement(3, 1))]
     requests = [GpuInstanceRequest(gpu, pid, pl) for gpu in (0, 5) for pid, pl in layout]
     created = node.create_gpu_instances(requests)
     assert [r.status for r in created] == [0] * 8
@@ -223,8 +259,12 @@ def test_bulk_create_and_destroy_round_trip(mig_node: Node) -> None:
     assert all(isinstance(i, int) for i in gi_ids)
     full_ci = {9: 2, 14: 1, 19: 0}  # the CI profile covering each GI
     ci_requests = [
-        ComputeInstanceRequest(r.request.gpu, r.gpu_instance, full_ci[r.request.profile_id],
-                               Placement(0, {9: 3, 14: 2, 19: 1}[r.request.profile_id]))
+        ComputeInstanceRequest(
+            r.request.gpu,
+            r.gpu_instance,
+            full_ci[r.request.profile_id],
+            Placement(0, {9: 3, 14: 2, 19: 1}[r.request.profile_id]),
+        )
         for r in created
         if r.gpu_instance is not None
     ]
@@ -236,27 +276,21 @@ def test_bulk_create_and_destroy_round_trip(mig_node: Node) -> None:
     for index in (0, 5):
         gpu = gpus[index]
         got = sorted((g.profile, g.start, g.size) for g in gpu.gpu_instances)
-        assert got == [("1g.10gb", 2, 1), ("1g.10gb", 3, 1), ("2g.20gb", 0, 2),
-                       ("3g.40gb", 4, 4)]
+        assert got == [("1g.10gb", 2, 1), ("1g.10gb", 3, 1), ("2g.20gb", 0, 2), ("3g.40gb", 4, 4)]
         for gi in gpu.gpu_instances:
             (ci,) = gi.compute_instances
             assert ci.profile == gi.profile and ci.start == 0
             assert ci.uuid.startswith("MIG-") and ci.memory_mib > 0 and ci.multiprocessors > 0
         by_profile = {g.profile: g for g in gpu.gpu_instances}
         assert by_profile["3g.40gb"].compute_instances[0].multiprocessors == 60
-        assert {cp.name for cp in gpu.profile("3g.40gb").compute_profiles} >= {
-            "3g.40gb", "1c.3g.40gb"
-        }
+        assert {cp.name for cp in gpu.profile("3g.40gb").compute_profiles} >= {"3g.40gb", "1c.3g.40gb"}
     assert all(g.gpu_instances == () for i, g in enumerate(gpus) if i not in (0, 5))
 
     destroyed = node.destroy_compute_instances(
-        [ComputeInstanceRef(r.request.gpu, r.request.gpu_instance, r.compute_instance or 0)
-         for r in ci_results]
+        [ComputeInstanceRef(r.request.gpu, r.request.gpu_instance, r.compute_instance or 0) for r in ci_results]
     )
     assert [r.status for r in destroyed] == [0] * 8
-    destroyed = node.destroy_gpu_instances(
-        [GpuInstanceRef(r.request.gpu, r.gpu_instance or 0) for r in created]
-    )
+    destroyed = node.destroy_gpu_instances([GpuInstanceRef(r.request.gpu, r.gpu_instance or 0) for r in created])
     assert [r.status for r in destroyed] == [0] * 8
     assert all(g.gpu_instances == () for g in node.snapshot())
 
@@ -341,9 +375,7 @@ def test_empty_batches_make_no_call(node: Node) -> None:
 # --------------------------------------------------------------------------- read-only mode
 
 
-def test_read_only_mode_refuses_every_change_before_nvml(
-    mig_node: Node, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_read_only_mode_refuses_every_change_before_nvml(mig_node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
     """MIGKIT_READ_ONLY=1 makes every mutating call raise ReadOnlyError; NVML sees none."""
     node = mig_node
     assert node.state_file is not None
@@ -368,9 +400,7 @@ def test_read_only_mode_refuses_every_change_before_nvml(
     assert [g.profile for g in node.snapshot()[0].gpu_instances] == ["3g.40gb"]
 
 
-def test_shim_itself_refuses_changes_in_read_only_mode(
-    mig_node: Node, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_shim_itself_refuses_changes_in_read_only_mode(mig_node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
     """Below the Python check, the C shim marks every item refused (-1) and calls nothing."""
     assert mig_node.state_file is not None
     before = simulator.stats(mig_node.state_file)
@@ -416,9 +446,7 @@ def test_another_library_cannot_replace_the_loaded_one(node: Node, tmp_path: obj
         _nvml.load(other)
 
 
-def test_the_real_library_is_refused_once_the_simulator_is_loaded(
-    node: Node, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_real_library_is_refused_once_the_simulator_is_loaded(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
     """After the simulator, a default load would get it back by soname: refused, said why."""
     from migkit.errors import NvmlLibraryNotFound
 
@@ -432,9 +460,7 @@ def test_nvml_errors_carry_code_name_and_call() -> None:
     """Return codes map to NvmlError subclasses with the NVML name and the failing call."""
     err = _nvml._error(23, "nvmlDeviceCreateGpuInstanceWithPlacement", "GPU 1")
     assert isinstance(err, InsufficientResources) and isinstance(err, NvmlError)
-    assert (err.code, err.name, err.call) == (
-        23, "INSUFFICIENT_RESOURCES", "nvmlDeviceCreateGpuInstanceWithPlacement"
-    )
+    assert (err.code, err.name, err.call) == (23, "INSUFFICIENT_RESOURCES", "nvmlDeviceCreateGpuInstanceWithPlacement")
     assert "GPU 1" in str(err)
 
 
@@ -467,8 +493,6 @@ def test_canonical_names_from_nvml_names(nvml_name: str, canonical: str) -> None
         (0x0F, 1, 24192, 97887, "1g.24gb+me.all"),
     ],
 )
-def test_computed_names_when_nvml_gives_none(
-    index: int, slices: int, mib: int, total_mib: int, name: str
-) -> None:
+def test_computed_names_when_nvml_gives_none(index: int, slices: int, mib: int, total_mib: int, name: str) -> None:
     """Without an NVML name the profile is named by mig-parted's rule (half-up rounding)."""
     assert _nvml._computed_gi_name(index, slices, mib, total_mib * 2**20) == name

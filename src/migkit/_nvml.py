@@ -153,18 +153,12 @@ def load(explicit: str | os.PathLike[str] | None = None) -> str:
         return loaded_library_path() or paths[index]
 
 
-def _check_compatible(
-    loaded: str, explicit: str | os.PathLike[str] | None, paths: Sequence[str]
-) -> None:
+def _check_compatible(loaded: str, explicit: str | os.PathLike[str] | None, paths: Sequence[str]) -> None:
     """A process has one libnvidia-ml: refuse to silently use another than the one asked for."""
     wanted = paths[0] if (explicit is not None or os.environ.get(LIBRARY_ENV)) else None
     if wanted is not None:
         # a bare soname is what the dynamic loader matches against the library already loaded
-        same = (
-            wanted == SONAME
-            if "/" not in wanted
-            else (os.path.exists(wanted) and _same_file(wanted, loaded))
-        )
+        same = wanted == SONAME if "/" not in wanted else (os.path.exists(wanted) and _same_file(wanted, loaded))
         if not same:
             raise NvmlLibraryNotFound(
                 f"cannot load {wanted}: this process already uses the NVML library {loaded} "
@@ -427,9 +421,7 @@ def _placement_list(flat: tuple[int, ...]) -> tuple[Placement, ...]:
     """``(start0, size0, start1, size1, ...)`` -> placements."""
     placements = _placement_lists.get(flat)
     if placements is None:
-        placements = _placement_lists[flat] = tuple(
-            _placement(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)
-        )
+        placements = _placement_lists[flat] = tuple(_placement(flat[i], flat[i + 1]) for i in range(0, len(flat), 2))
     return placements
 
 
@@ -470,9 +462,7 @@ _C_PLACEMENTS = 12
 _C_NAME = _C_PLACEMENTS + 2 * lib.SHIM_MAX_CI_PLACEMENTS
 
 
-def _build_profiles(
-    buf: Any, base: int, n_profiles: int, n_ci_profiles: int, memory_total: int
-) -> _ProfileTable:
+def _build_profiles(buf: Any, base: int, n_profiles: int, n_ci_profiles: int, memory_total: int) -> _ProfileTable:
     cis_of: dict[int, list[tuple[Any, ...]]] = {}
     for k in range(n_ci_profiles):
         raw = _CI_PROFILE.unpack_from(buf, base + _OFF_CI_PROFILES + k * _CI_PROFILE_SIZE)
@@ -541,16 +531,12 @@ def _gi_order(gi: GpuInstance) -> int:
     return gi.id
 
 
-def _build_instances(
-    buf: Any, base: int, n_gis: int, n_cis: int, table: _ProfileTable
-) -> tuple[GpuInstance, ...]:
+def _build_instances(buf: Any, base: int, n_gis: int, n_cis: int, table: _ProfileTable) -> tuple[GpuInstance, ...]:
     cis = [_CI.unpack_from(buf, base + _OFF_CIS + k * _CI_SIZE) for k in range(n_cis)]
     ci_names = table.ci_names
     instances: list[GpuInstance] = []
     for k in range(n_gis):
-        gi_id, profile_id, start, size, first_ci, ci_count = _GI.unpack_from(
-            buf, base + _OFF_GIS + k * _GI_SIZE
-        )
+        gi_id, profile_id, start, size, first_ci, ci_count = _GI.unpack_from(buf, base + _OFF_GIS + k * _GI_SIZE)
         computes = [
             ComputeInstance(
                 id=c[1],
@@ -706,8 +692,7 @@ class Snapshotter:
         if truncated:
             raise NvmlError.from_code(
                 7,
-                f"GPU {index}: more MIG objects than migkit's snapshot limits "
-                f"(flags 0x{truncated:x})",
+                f"GPU {index}: more MIG objects than migkit's snapshot limits (flags 0x{truncated:x})",
                 call="shim_snapshot",
             )
         gips = base + _OFF_PROFILES
@@ -855,9 +840,7 @@ _R = TypeVar("_R")
 
 def _refuse_if_read_only(call: str, n: int) -> None:
     if read_only():
-        raise ReadOnlyError(
-            f"{READ_ONLY_ENV} is set: refusing {n} {call} call{'s' if n != 1 else ''}"
-        )
+        raise ReadOnlyError(f"{READ_ONLY_ENV} is set: refusing {n} {call} call{'s' if n != 1 else ''}")
 
 
 def _run_bulk(
@@ -923,9 +906,7 @@ def create_compute_instances(
         if r.placement is not None:
             item.start, item.size = r.placement.start, r.placement.size
 
-    def result(
-        item: Any, r: ComputeInstanceRequest, error: NvmlError | None
-    ) -> ComputeInstanceResult:
+    def result(item: Any, r: ComputeInstanceRequest, error: NvmlError | None) -> ComputeInstanceResult:
         if item.status != 0:
             return ComputeInstanceResult(item.status, error, r)
         placement = _placement(item.start, item.size) if item.size else None
@@ -964,9 +945,7 @@ def destroy_compute_instances(
     )
 
 
-def destroy_gpu_instances(
-    refs: Iterable[GpuInstanceRef], *, stop_on_error: bool = False
-) -> tuple[DestroyResult, ...]:
+def destroy_gpu_instances(refs: Iterable[GpuInstanceRef], *, stop_on_error: bool = False) -> tuple[DestroyResult, ...]:
     """Destroy GPU instances (their compute instances must be gone), in one C call."""
 
     def fill(item: Any, r: GpuInstanceRef) -> None:
@@ -986,9 +965,7 @@ def destroy_gpu_instances(
     )
 
 
-def set_mig_mode(
-    requests: Iterable[MigModeRequest], *, stop_on_error: bool = False
-) -> tuple[MigModeResult, ...]:
+def set_mig_mode(requests: Iterable[MigModeRequest], *, stop_on_error: bool = False) -> tuple[MigModeResult, ...]:
     """Set MIG modes, in order, in one C call; each result carries the activation status."""
 
     def fill(item: Any, r: MigModeRequest) -> None:
@@ -997,9 +974,7 @@ def set_mig_mode(
     def result(item: Any, r: MigModeRequest, error: NvmlError | None) -> MigModeResult:
         activation = int(item.activation_status)
         activation_error = (
-            _error(activation, "nvmlDeviceSetMigMode", f"GPU {r.gpu} activation")
-            if activation > 0
-            else None
+            _error(activation, "nvmlDeviceSetMigMode", f"GPU {r.gpu} activation") if activation > 0 else None
         )
         current = None if item.current_mode == UNKNOWN_MODE else int(item.current_mode)
         pending = None if item.pending_mode == UNKNOWN_MODE else int(item.pending_mode)

@@ -220,13 +220,9 @@ def open_node(
                 assert sim_state is not None
                 state_file = os.fspath(sim_state)
                 if not os.path.exists(state_file):
-                    raise simulator.SimulatorError(
-                        f"simulated node state file {state_file} does not exist"
-                    )
+                    raise simulator.SimulatorError(f"simulated node state file {state_file} does not exist")
                 cleanup.enter_context(_environment(STATE_ENV, state_file))
-            library = _nvml.load(
-                nvml_library if nvml_library is not None else simulator.library_path()
-            )
+            library = _nvml.load(nvml_library if nvml_library is not None else simulator.library_path())
         else:
             library = _nvml.load(nvml_library)
         _nvml.init()
