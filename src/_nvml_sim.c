@@ -1879,6 +1879,10 @@ static enum sim_rc device_count(unsigned int *count)
     enum sim_rc rc = read_begin();
     if (rc != RC_SUCCESS)
         return rc;
+    /* Every walk over the node (migkit's snapshot, pynvml, nvidia-smi) starts here, so this
+     * call always looks at the state file: a walk sees changes made by other processes (or
+     * by editing the file) just before it, not up to a millisecond later. */
+    (void)refresh();
     *count = g_cur->ngpus;
     return read_end(RC_SUCCESS);
 }

@@ -482,6 +482,7 @@ class ApplyReport:
     error: str | None = None
     plan_text: str = ""
     dry_run: bool = False
+    streamed: bool = False  # changes were already printed one line per GPU as they happened
 
     @property
     def ok(self) -> bool:
@@ -498,7 +499,12 @@ class ApplyReport:
         if self.dry_run:
             lines.append(self.plan_text)
             return "\n".join(lines)
-        lines.extend(o.line() for o in self.outcomes)
+        for o in self.outcomes:
+            if not self.streamed or o.status not in (APPLIED, UNCHANGED, NOT_COVERED, SKIPPED):
+                lines.append(o.line())
+        if self.streamed:
+            changed = sum(o.status == APPLIED for o in self.outcomes)
+            lines.append(f"{changed} GPU(s) changed, {sum(o.status == UNCHANGED for o in self.outcomes)} unchanged")
         if self.error:
             lines.append(f"error: {self.error}")
         lines.append("MIG configuration applied" if self.ok else "MIG configuration NOT applied")
@@ -685,9 +691,10 @@ def _apply_gpu(node: Any, target: GpuTarget) -> GpuOutcome:
     actions = target.actions()
     if actions.empty:
         return GpuOutcome(gpu.index, gpu.name, UNCHANGED)
+    kept = len(gpu.gpu_instances) - len(actions.destroy_gis) if gpu.mig_enabled else 0
     detail = (
-        f"destroyed {len(actions.destroy_gis)} GPU instance(s), created {len(actions.create_gis)}; "
-        f"compute instances -{len(actions.destroy_cis)} +{len(actions.create_cis)}"
+        f"GPU instances: {kept} kept, {len(actions.destroy_gis)} destroyed, {len(actions.create_gis)} created; "
+        f"compute instances: {len(actions.destroy_cis)} destroyed, {len(actions.create_cis)} created"
     )
     try:
         execute_gpu(node, gpu, actions)
@@ -931,7 +938,7 @@ def apply(
     changed) for an invalid config; runtime failures are in the returned report."""
     from migkit.hooks import apply_flag_env
 
-    report = ApplyReport()
+    report = ApplyReport(streamed=progress is not None)
     gpus = node.snapshot()
     if options.dry_run:
         node_plan = plan_node(
