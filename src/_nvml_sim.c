@@ -1308,8 +1308,23 @@ static int write_state_file(void)
         return -1;
     }
     write_records(f, g_cur);
+    /* File timestamps tick coarsely (a few ms) and a freed inode is soon reused, so two
+     * writes close together could leave (inode, size, mtime) unchanged and readers would miss
+     * the second. Every writer therefore makes the mtime strictly larger than the last one. */
+    struct timespec times[2];
+    int ok = fflush(f) == 0 && !ferror(f) && clock_gettime(CLOCK_REALTIME, &times[1]) == 0;
+    if (ok && g_sig.valid &&
+        (times[1].tv_sec < g_sig.mtime.tv_sec ||
+         (times[1].tv_sec == g_sig.mtime.tv_sec && times[1].tv_nsec <= g_sig.mtime.tv_nsec))) {
+        times[1] = g_sig.mtime;
+        if (++times[1].tv_nsec >= 1000000000L) {
+            times[1].tv_nsec = 0;
+            times[1].tv_sec++;
+        }
+    }
+    times[0] = times[1];
     struct stat sb;
-    int ok = fflush(f) == 0 && !ferror(f) && fstat(fileno(f), &sb) == 0;
+    ok = ok && futimens(fileno(f), times) == 0 && fstat(fileno(f), &sb) == 0;
     if (fclose(f) != 0)
         ok = 0;
     if (!ok || rename(tmp, g_path) != 0) {

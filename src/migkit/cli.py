@@ -499,6 +499,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE if isinstance(err, SimulatorError) else EXIT_FAILED
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as err:
+        # A file named on the command line (config, checkpoint, output, state) that cannot be
+        # read or written: nothing was changed.
+        where = f" {err.filename}" if err.filename else ""
+        print(f"migkit {args.command}: error:{where}: {err.strerror or err}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("migkit: interrupted", file=sys.stderr)
         return 130

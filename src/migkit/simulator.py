@@ -25,6 +25,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from importlib import resources
@@ -256,6 +257,14 @@ def _write_unlocked(state_file: str, records: Sequence[Record]) -> None:
     tmp = f"{state_file}.tmp.{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as out:
         out.write(render_state(records))
+    # Readers notice a new state by (inode, size, mtime); timestamps tick coarsely and inodes
+    # are reused, so make the mtime strictly larger than the replaced file's (the C side too).
+    try:
+        previous = os.stat(state_file).st_mtime_ns
+    except FileNotFoundError:
+        previous = 0
+    stamp = max(time.time_ns(), previous + 1)
+    os.utime(tmp, ns=(stamp, stamp))
     os.replace(tmp, state_file)
 
 
