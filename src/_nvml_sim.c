@@ -1897,7 +1897,10 @@ static enum sim_rc device_count(unsigned int *count)
     /* Every walk over the node (migkit's snapshot, pynvml, nvidia-smi) starts here, so this
      * call always looks at the state file: a walk sees changes made by other processes (or
      * by editing the file) just before it, not up to a millisecond later. */
-    (void)refresh();
+    if (clock_gettime(CLOCK_MONOTONIC, &g_last_check) != 0)
+        memset(&g_last_check, 0, sizeof g_last_check);
+    if (refresh() != 0)
+        sim_debug("keeping the last good state of %s", g_path);
     *count = g_cur->ngpus;
     return read_end(RC_SUCCESS);
 }
