@@ -728,7 +728,10 @@ def _run_parallel(
     lock = threading.Lock()
 
     def work(t: GpuTarget) -> None:
-        outcome = func(t)
+        try:
+            outcome = func(t)
+        except Exception as err:  # a thread must always report its GPU, whatever went wrong
+            outcome = GpuOutcome(t.gpu.index, t.gpu.name, FAILED, "could not change the GPU", str(err))
         with lock:
             outcomes[t.gpu.index] = outcome
             if outcome.status != UNCHANGED:
@@ -799,6 +802,16 @@ def verify(
             ok, why = False, "instances are not at the planned placements"
         if not ok:
             outcome.status, outcome.error = FAILED, f"verification failed: {why}"
+
+
+def _refuse_if_read_only(targets: Sequence[GpuTarget]) -> None:
+    """Under MIGKIT_READ_ONLY, a change is refused before anything runs (hooks included)."""
+    from migkit._nvml import read_only
+
+    changing = [t.gpu.index for t in targets if not matches(t)[0]]
+    if changing and read_only():
+        gpus = ", ".join(str(i) for i in changing)
+        raise ApplyError(f"MIGKIT_READ_ONLY is set and GPU {gpus} would have to change; nothing was changed")
 
 
 def _runner(
@@ -952,6 +965,7 @@ def apply(
         config, options.selected_config, gpus, strict_coverage=options.strict_coverage
     )
     report.warnings.extend(warnings)
+    _refuse_if_read_only(targets)
     runner = _runner(
         options.hooks_file,
         apply_flag_env(
@@ -1054,6 +1068,7 @@ def restore(
             file=checkpoint_file,
         )
     report = ApplyReport()
+    _refuse_if_read_only(targets_for(gpus))
     runner = _runner(
         hooks_file, restore_flag_env(checkpoint_file, hooks_file, mode_only), debug, False
     )
