@@ -23,6 +23,7 @@ import attrs
 from migkit._nvml_shim_cffi import ffi as _cffi_ffi
 from migkit._nvml_shim_cffi import lib as _cffi_lib
 from migkit.errors import MigkitError, NvmlError, NvmlLibraryNotFound, ReadOnlyError
+from migkit.hardware import canonical_from_nvml as _canonical_from_nvml_name
 from migkit.models import (
     GI_INDEX_NAMES,
     ComputeInstance,
@@ -236,20 +237,6 @@ _GI_SUFFIX = {
     "ALL_ME": "+me.all",
 }
 
-
-def _canonical_from_nvml_name(nvml_name: str) -> str:
-    """NVML's profile name in migkit's canonical form.
-
-    >>> _canonical_from_nvml_name("MIG 1c.3g.40gb"), _canonical_from_nvml_name("MIG 1c.1g.10gb")
-    ('1c.3g.40gb', '1g.10gb')
-    """
-    name = nvml_name.strip()
-    if name.startswith("MIG "):
-        name = name[4:].strip()
-    head, dot, rest = name.partition(".")
-    if dot and head.endswith("c") and rest.partition(".")[0] == f"{head[:-1]}g":
-        return rest  # C == G: the compute prefix is dropped
-    return name
 
 
 def _computed_gi_name(index: int, slice_count: int, memory_mib: int, total_bytes: int) -> str:

@@ -36,16 +36,19 @@ _CI_RULES: dict[int, tuple[tuple[int, int, int, tuple[int, ...]], ...]] = {
 _CI_REV1 = 7  # CI 1_SLICE_REV1: the full-SM CI of a 1g GI with twice the memory (Hopper+)
 
 
+@functools.cache
 def canonical_from_nvml(nvml_name: str) -> str:
-    """``"MIG 1g.10gb"`` -> ``"1g.10gb"``; ``"MIG 1c.1g.10gb"`` -> ``"1g.10gb"``."""
-    name = nvml_name.removeprefix("MIG ").strip()
-    head, dot, rest = name.partition(".")
-    if head.endswith("c") and dot:
-        c = head[:-1]
-        g = rest.partition("g")[0]
-        if c == g:
-            return rest
-    return name
+    """``"MIG 1g.10gb"`` -> ``"1g.10gb"``; ``"MIG 1c.1g.10gb"`` -> ``"1g.10gb"``.
+
+    Names that do not follow the profile grammar are kept as NVML gives them (without the
+    ``MIG`` prefix), so that an unexpected driver name is shown rather than lost.
+    """
+    from migkit.profiles import name_from_nvml
+
+    try:
+        return name_from_nvml(nvml_name)
+    except ValueError:
+        return nvml_name.removeprefix("MIG ").strip()
 
 
 def compute_profiles_for(
