@@ -259,7 +259,7 @@ class _Parser:
                 if tag.endswith("int"):
                     return _CONSTRUCTOR.construct_yaml_int(node)
                 return _CONSTRUCTOR.construct_yaml_float(node)
-            except (ValueError, yaml.YAMLError):
+            except (ValueError, IndexError, yaml.YAMLError):
                 raise self.error(node, f"{node.value!r} is not a valid number") from None
         if tag in (_TAG + "str", _TAG + "timestamp"):
             return _join_surrogates(node.value)
@@ -267,8 +267,12 @@ class _Parser:
 
     def kind(self, node: Node) -> _Kind:
         if isinstance(node, MappingNode):
+            if node.tag != _TAG + "map":
+                raise self.error(node, f"unsupported YAML tag {node.tag!r}")
             return "map"
         if isinstance(node, SequenceNode):
+            if node.tag != _TAG + "seq":
+                raise self.error(node, f"unsupported YAML tag {node.tag!r}")
             return "list"
         value = self.scalar(node)
         if value is None:
@@ -374,8 +378,29 @@ class _Parser:
             raise ConfigError("the document nests too deeply", file=self.file) from None
         finally:
             loader.dispose()
+        if root is not None:
+            self.check_tags(root)
         configs = self.top(root) if root is not None else {}
         return MigConfigFile(configs, self.file, tuple(self.warnings))
+
+    def check_tags(self, root: Node) -> None:
+        """Refuse explicit tags on mappings and lists (``!!python/object``, ``!!set``, ...)."""
+        seen: set[int] = set()
+        stack = [root]
+        while stack:
+            node = stack.pop()
+            if id(node) in seen:  # aliases share nodes
+                continue
+            seen.add(id(node))
+            if isinstance(node, MappingNode):
+                if node.tag != _TAG + "map":
+                    raise self.error(node, f"unsupported YAML tag {node.tag!r}")
+                for key, value in node.value:
+                    stack.extend((key, value))
+            elif isinstance(node, SequenceNode):
+                if node.tag != _TAG + "seq":
+                    raise self.error(node, f"unsupported YAML tag {node.tag!r}")
+                stack.extend(node.value)
 
     def top(self, root: Node) -> dict[str, tuple[ConfigEntry, ...]]:
         if isinstance(root, ScalarNode) and self.kind(root) == "null":
