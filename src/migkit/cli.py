@@ -191,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL",
         help="GPU model at the next index (repeatable); default: the node's GPUs",
     )
+    p.add_argument(
+        "--strict-coverage",
+        action="store_true",
+        default=None,
+        help="every GPU must be covered by the config (env MIGKIT_STRICT_COVERAGE)",
+    )
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
 
     p = command(
@@ -237,7 +243,7 @@ def open_node_from_args(args: argparse.Namespace) -> Node:
     from migkit.node import open_node
 
     spec = getattr(args, "simulate", None) or _env("MIGKIT_SIMULATE")
-    state = getattr(args, "sim_state", None) or (_env("MIGKIT_SIM_STATE") if spec else None)
+    state = getattr(args, "sim_state", None) or _env("MIGKIT_SIM_STATE")
     library = getattr(args, "nvml_library", None)
     if spec and state:
         if not os.path.exists(state):
@@ -245,12 +251,10 @@ def open_node_from_args(args: argparse.Namespace) -> Node:
 
             simulator.write_state(state, spec)
         return open_node(nvml_library=library, sim_state=state)
-    if getattr(args, "sim_state", None):
-        if not os.path.exists(args.sim_state):
-            raise UsageError(
-                f"--sim-state {args.sim_state}: no such file (add --simulate SPEC to create it)"
-            )
-        return open_node(nvml_library=library, sim_state=args.sim_state)
+    if state:
+        if not os.path.exists(state):
+            raise UsageError(f"simulator state {state}: no such file (add --simulate SPEC to create it)")
+        return open_node(nvml_library=library, sim_state=state)
     if spec:
         return open_node(nvml_library=library, simulate=spec)
     return open_node(nvml_library=library)
@@ -388,7 +392,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if args.gpu:
         from migkit.hardware import gpu_model
 
-        node_plan = planning.plan_offline(config, selected, [gpu_model(name) for name in args.gpu])
+        models = [gpu_model(name) for name in args.gpu]
+        node_plan = planning.plan_offline(config, selected, models, strict_coverage=_strict(args))
     else:
         with open_node_from_args(args) as node:
             node_plan = planning.plan_node(
@@ -456,6 +461,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
             hooks_file=args.hooks_file or _env("MIG_PARTED_HOOKS_FILE"),
             checkpoint_file=path,
             progress=sys.stdout,
+            debug=_debug(args),
         )
     _write(report.summary())
     return report.exit_code

@@ -483,6 +483,7 @@ class ApplyReport:
     plan_text: str = ""
     dry_run: bool = False
     streamed: bool = False  # changes were already printed one line per GPU as they happened
+    plan_json: str = ""
 
     @property
     def ok(self) -> bool:
@@ -517,7 +518,7 @@ class ApplyReport:
                 "error": self.error,
                 "warnings": self.warnings,
                 "dry_run": self.dry_run,
-                "plan": self.plan_text if self.dry_run else None,
+                "plan": json.loads(self.plan_json) if self.dry_run and self.plan_json else None,
                 "gpus": [attrs.asdict(o) for o in self.outcomes],
             },
             indent=2,
@@ -529,14 +530,18 @@ class AssertResult:
     ok: bool
     lines: tuple[str, ...]
     warnings: tuple[str, ...] = ()
+    valid_only: bool = False
 
     def summary(self) -> str:
         head = [f"warning: {w}" for w in self.warnings]
-        tail = [
-            "Selected MIG configuration currently applied"
-            if self.ok
-            else "Assertion failure: selected configuration not currently applied"
-        ]
+        if self.valid_only:
+            tail = ["Selected MIG configuration is valid"]
+        else:
+            tail = [
+                "Selected MIG configuration currently applied"
+                if self.ok
+                else "Assertion failure: selected configuration not currently applied"
+            ]
         return "\n".join([*head, *self.lines, *tail])
 
     def to_json(self) -> str:
@@ -912,6 +917,9 @@ def _orchestrate(
     from migkit.hooks import HookError
 
     with node_lock(lock_path(node)):
+        # Plan again now that this apply holds the node: another one may have finished
+        # between the first look and taking the lock.
+        targets = replan(node.snapshot())
         try:
             runner.run("apply-start")
         except HookError as err:
@@ -957,9 +965,11 @@ def apply(
         node_plan = plan_node(
             config, options.selected_config, gpus, strict_coverage=options.strict_coverage
         )
+        node_plan.raise_for_errors()  # an infeasible config is an error, dry run or not
         report.dry_run = True
         report.warnings.extend(node_plan.warnings)
         report.plan_text = node_plan.to_text()
+        report.plan_json = node_plan.to_json()
         return report
     targets, warnings = plan_targets(
         config, options.selected_config, gpus, strict_coverage=options.strict_coverage
@@ -1010,7 +1020,7 @@ def assert_config(
     gpus = node.snapshot()
     targets, warnings = plan_targets(config, selected_name, gpus, strict_coverage=strict_coverage)
     if valid_only:
-        return AssertResult(True, ("configuration is valid for this node",), warnings)
+        return AssertResult(True, ("configuration is valid for this node",), warnings, valid_only=True)
     lines = []
     ok = True
     for t in targets:

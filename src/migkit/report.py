@@ -73,7 +73,8 @@ def profiles_table(gpus: Sequence[GpuModel | GpuState], fmt: str = "text") -> st
             f"{'CE':>3} {'JPG':>3} {'OFA':>3}  PLACEMENTS"
         )
         for p in model.profiles:
-            mark = "" if p.mark == p.placements_mark == "observed" else "  (inferred)"
+            marks = {p.mark, p.placements_mark} - {"observed"}
+            mark = f"  ({'inferred' if 'inferred' in marks else 'derived'})" if marks else ""
             lines.append(
                 f"  {p.id:>3}  {p.name:<18} {p.instance_count:>4} {p.memory_mib / 1024:>6.2f} GiB "
                 f"{p.multiprocessors:>4} {p.decoders:>3} {p.encoders:>3} {p.copy_engines:>3} {p.jpegs:>3} "
