@@ -153,6 +153,14 @@ typedef struct {
     nv_placement_t placement;
 } nv_ci_info_t;
 
+/* nvmlProcessInfo_v2_t, which the _v2 and _v3 process queries fill. */
+typedef struct {
+    unsigned int pid;
+    unsigned long long used_memory;
+    unsigned int gpu_instance_id;
+    unsigned int compute_instance_id;
+} nv_process_info_t;
+
 _Static_assert(sizeof(nv_pci_info_t) == 68, "PCI info is 68 bytes");
 _Static_assert(offsetof(nv_pci_info_t, pci_device_id) == 28, "pciDeviceId at 28");
 _Static_assert(offsetof(nv_pci_info_t, bus_id) == 36, "busId at 36");
@@ -176,6 +184,9 @@ _Static_assert(offsetof(nv_attributes_t, memory_mib) == 32, "attributes memorySi
 _Static_assert(sizeof(nv_ci_info_t) == 32, "CI info is 32 bytes");
 _Static_assert(offsetof(nv_ci_info_t, id) == 16, "CI info id at 16");
 _Static_assert(offsetof(nv_ci_info_t, placement) == 24, "CI info placement at 24");
+_Static_assert(sizeof(nv_process_info_t) == 24, "process info v2 is 24 bytes");
+_Static_assert(offsetof(nv_process_info_t, gpu_instance_id) == 16, "gpuInstanceId at 16");
+_Static_assert(offsetof(nv_process_info_t, compute_instance_id) == 20, "computeInstanceId at 20");
 
 #define NV_GI_PROFILE_V2 NV_STRUCT_VERSION(nv_gi_profile_v2_t, 2) /* 0x02000098 */
 #define NV_GI_PROFILE_V3 NV_STRUCT_VERSION(nv_gi_profile_v3_t, 3) /* 0x03000098 */
@@ -190,6 +201,7 @@ _Static_assert(COUNT_OF(((shim_device_t *)0)->profiles) == SHIM_MAX_GI_PROFILES,
 _Static_assert(COUNT_OF(((shim_device_t *)0)->ci_profiles) == SHIM_MAX_CI_PROFILES, "limit");
 _Static_assert(COUNT_OF(((shim_device_t *)0)->gis) == SHIM_MAX_GIS, "limit");
 _Static_assert(COUNT_OF(((shim_device_t *)0)->cis) == SHIM_MAX_CIS, "limit");
+_Static_assert(COUNT_OF(((shim_ci_t *)0)->pids) == SHIM_MAX_PIDS, "limit");
 _Static_assert(COUNT_OF(((shim_gi_profile_t *)0)->placements) == SHIM_MAX_GI_PLACEMENTS, "limit");
 _Static_assert(COUNT_OF(((shim_ci_profile_t *)0)->placements) == SHIM_MAX_CI_PLACEMENTS, "limit");
 _Static_assert(COUNT_OF(((shim_device_t *)0)->uuid) == SHIM_UUID_LEN, "limit");
@@ -241,6 +253,7 @@ static struct {
     nv_return_t (*mig_gpu_instance_id)(nv_device_t, unsigned int *);
     nv_return_t (*mig_compute_instance_id)(nv_device_t, unsigned int *);
     nv_return_t (*device_get_attributes)(nv_device_t, nv_attributes_t *);
+    nv_return_t (*compute_processes)(nv_device_t, unsigned int *, nv_process_info_t *);
 } nv;
 
 static pthread_mutex_t g_load_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -280,6 +293,7 @@ static void *g_handle;
 #define S_MIG_GI_ID "nvmlDeviceGetGpuInstanceId"
 #define S_MIG_CI_ID "nvmlDeviceGetComputeInstanceId"
 #define S_ATTRIBUTES "nvmlDeviceGetAttributes_v2"
+#define S_PROCESSES "nvmlDeviceGetComputeRunningProcesses_v3"
 
 static void *sym(void *handle, const char *name)
 {
@@ -330,6 +344,7 @@ static void resolve_all(void *handle)
     RESOLVE(mig_gpu_instance_id, S_MIG_GI_ID);
     RESOLVE(mig_compute_instance_id, S_MIG_CI_ID);
     RESOLVE(device_get_attributes, S_ATTRIBUTES);
+    RESOLVE(compute_processes, S_PROCESSES);
 }
 
 static void append(char *buf, unsigned int len, size_t *used, const char *a, const char *b)
@@ -785,6 +800,29 @@ static void snap_gpu_instances(nv_device_t dev, shim_device_t *d)
     }
 }
 
+/* The processes on one MIG device. Their status stays per CI and never fails the snapshot:
+ * an old driver without the call, or one that will not say, leaves the CI not known in use. */
+static void snap_processes(nv_device_t mig, shim_ci_t *c)
+{
+    nv_process_info_t procs[SHIM_MAX_PIDS];
+    unsigned int count = SHIM_MAX_PIDS, i;
+    nv_return_t rc;
+    memset(procs, 0, sizeof procs);
+    rc = NV(compute_processes, mig, &count, procs);
+    c->process_status = rc;
+    if (rc == NV_INSUFFICIENT_SIZE) { /* count says how many; keep none of the partial array */
+        c->process_count = count;
+        return;
+    }
+    if (rc != NV_SUCCESS)
+        return;
+    if (count > SHIM_MAX_PIDS) /* a library that ignored the capacity */
+        count = SHIM_MAX_PIDS;
+    c->process_count = count;
+    for (i = 0; i < count; i++)
+        c->pids[i] = procs[i].pid;
+}
+
 static void snap_mig_devices(nv_device_t dev, shim_device_t *d)
 {
     unsigned int max = 0, i;
@@ -848,6 +886,7 @@ static void snap_mig_devices(nv_device_t dev, shim_device_t *d)
             c->gi_slice_count = attributes.gi_slice_count;
             c->ci_slice_count = attributes.ci_slice_count;
         }
+        snap_processes(mig, c);
         c->has_mig_device = 1;
         d->mig_device_count++;
     }

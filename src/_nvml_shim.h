@@ -20,7 +20,7 @@
 #define MIGKIT_NVML_SHIM_H
 
 /* CDEF-BEGIN */
-#define SHIM_ABI_VERSION 1
+#define SHIM_ABI_VERSION 2
 
 #define SHIM_STATUS_READ_ONLY -1
 #define SHIM_STATUS_NOT_ATTEMPTED -2
@@ -37,6 +37,7 @@
 #define SHIM_MAX_GIS 32              /* GPU instances per GPU */
 #define SHIM_MAX_CIS_PER_GI 8        /* compute instances per GPU instance */
 #define SHIM_MAX_CIS 32              /* compute instances per GPU */
+#define SHIM_MAX_PIDS 8              /* PIDs kept per compute instance (the count is exact) */
 #define SHIM_NAME_LEN 96
 #define SHIM_UUID_LEN 96
 #define SHIM_BUS_ID_LEN 32
@@ -103,7 +104,10 @@ typedef struct {
     unsigned int ci_count;
 } shim_gi_t;
 
-/* A live compute instance, with what its MIG device reports when one was found. */
+/* A live compute instance, with what its MIG device reports when one was found. The process
+ * fields come from nvmlDeviceGetComputeRunningProcesses_v3 on the MIG device:
+ * process_status is its return code (0, or 7 when more processes ran than pids[] holds, both
+ * with process_count exact; 13 when the library lacks the call), pids[] the first of them. */
 typedef struct {
     unsigned int gi_id;
     unsigned int id;
@@ -121,6 +125,9 @@ typedef struct {
     unsigned int ci_slice_count;
     unsigned long long memory_mib;
     char uuid[96];                /* "MIG-..." */
+    int process_status;
+    unsigned int process_count;
+    unsigned int pids[8];
 } shim_ci_t;
 
 typedef struct {

@@ -243,6 +243,20 @@ struct sim_ci_info { /* §3.12 */
     struct sim_placement placement;
 };
 
+/* What the running-process queries return. The unversioned entry point keeps the original
+ * two-field record; _v2 and _v3 share the record that adds the instance ids. */
+struct sim_process_info_v1 {
+    unsigned int pid;
+    unsigned long long used_memory;
+};
+
+struct sim_process_info_v2 {
+    unsigned int pid;
+    unsigned long long used_memory;
+    unsigned int gpu_instance_id;
+    unsigned int compute_instance_id;
+};
+
 _Static_assert(sizeof(struct sim_pci_info) == 68, "PCI info is 68 bytes");
 _Static_assert(offsetof(struct sim_pci_info, bus_id) == 36, "busId at 36");
 _Static_assert(sizeof(struct sim_memory_v1) == 24, "memory v1 is 24 bytes");
@@ -265,6 +279,11 @@ _Static_assert(sizeof(struct sim_attributes) == 40, "attributes are 40 bytes");
 _Static_assert(offsetof(struct sim_attributes, memory_mib) == 32, "attributes memory at 32");
 _Static_assert(sizeof(struct sim_ci_info) == 32, "CI info is 32 bytes");
 _Static_assert(offsetof(struct sim_ci_info, placement) == 24, "CI placement at 24");
+_Static_assert(sizeof(struct sim_process_info_v1) == 16, "process info v1 is 16 bytes");
+_Static_assert(sizeof(struct sim_process_info_v2) == 24, "process info v2 is 24 bytes");
+_Static_assert(offsetof(struct sim_process_info_v2, used_memory) == 8, "usedGpuMemory at 8");
+_Static_assert(offsetof(struct sim_process_info_v2, gpu_instance_id) == 16, "GI id at 16");
+_Static_assert(offsetof(struct sim_process_info_v2, compute_instance_id) == 20, "CI id at 20");
 
 /* ------------------------------------------------------------------ simulated node */
 
@@ -391,7 +410,8 @@ typedef struct sim_compute_instance *sim_compute_instance_t;
     R(nvmlComputeInstanceGetInfo_v2) R(nvmlDeviceIsMigDeviceHandle)                              \
     R(nvmlDeviceGetGpuInstanceId) R(nvmlDeviceGetComputeInstanceId)                              \
     R(nvmlDeviceGetMaxMigDeviceCount) R(nvmlDeviceGetMigDeviceHandleByIndex)                     \
-    R(nvmlDeviceGetDeviceHandleFromMigDeviceHandle)
+    R(nvmlDeviceGetDeviceHandleFromMigDeviceHandle) R(nvmlDeviceGetComputeRunningProcesses)     \
+    R(nvmlDeviceGetComputeRunningProcesses_v2) R(nvmlDeviceGetComputeRunningProcesses_v3)
 
 #define SIM_FN_ENUM(name) FN_##name,
 enum sim_fn { SIM_FUNCTIONS(SIM_FN_ENUM, SIM_FN_ENUM) FN_COUNT };
@@ -3299,4 +3319,118 @@ SIM_EXPORT enum sim_rc nvmlDeviceGetDeviceHandleFromMigDeviceHandle(sim_device_t
     default:
         return read_end(RC_INVALID_ARGUMENT);
     }
+}
+
+/* ------------------------------------------------------------------ running processes */
+
+#define NO_INSTANCE 0xFFFFFFFFu /* computeInstanceId of a process on a GI without CIs */
+
+/* One simulated process per busy (GI, CI): the CI's own `busy` PID, else its GI's. */
+struct proc_list {
+    unsigned int n;
+    unsigned int pid[MAX_GIS * MAX_CIS + MAX_GIS];
+    unsigned int gi[MAX_GIS * MAX_CIS + MAX_GIS];
+    unsigned int ci[MAX_GIS * MAX_CIS + MAX_GIS];
+};
+
+static void add_proc(struct proc_list *l, uint64_t pid, uint32_t gi, uint32_t ci)
+{
+    l->pid[l->n] = (unsigned int)pid;
+    l->gi[l->n] = gi;
+    l->ci[l->n] = ci;
+    l->n++;
+}
+
+static void gi_procs(const struct sim_gi *gi, uint32_t gi_id, struct proc_list *l)
+{
+    int has_cis = 0;
+    for (uint32_t c = 0; c < MAX_CIS; c++) {
+        const struct sim_ci *ci = &gi->cis[c];
+        if (!ci->live)
+            continue;
+        has_cis = 1;
+        uint64_t pid = ci->busy != 0 ? ci->busy : gi->busy;
+        if (pid != 0)
+            add_proc(l, pid, gi_id, c);
+    }
+    if (!has_cis && gi->busy != 0)
+        add_proc(l, gi->busy, gi_id, NO_INSTANCE);
+}
+
+/* A MIG device: its CI's process; a physical GPU: those of every instance (none with MIG
+ * off). Read-only: nothing is written to the state file. */
+static enum sim_rc running_processes(sim_device_t device, unsigned int *count, void *infos,
+                                     int with_ids)
+{
+    struct sim_gpu *gpu;
+    struct mig_ref mig;
+    struct proc_list list;
+    if (count == NULL)
+        return RC_INVALID_ARGUMENT;
+    enum sim_rc rc = read_begin();
+    if (rc != RC_SUCCESS)
+        return rc;
+    list.n = 0;
+    switch (resolve_device(device, &gpu, &mig)) {
+    case DEV_MIG: {
+        uint64_t pid = mig.ci->busy != 0 ? mig.ci->busy : mig.gi->busy;
+        if (pid != 0)
+            add_proc(&list, pid, mig.gi_id, mig.ci_id);
+        break;
+    }
+    case DEV_GPU:
+        for (uint32_t id = 0; gpu->mig_capable && gpu->mode && id < MAX_GIS; id++)
+            if (gpu->gis[id].live)
+                gi_procs(&gpu->gis[id], id, &list);
+        break;
+    default:
+        return read_end(RC_INVALID_ARGUMENT);
+    }
+    if (list.n == 0) {
+        *count = 0;
+        return read_end(RC_SUCCESS);
+    }
+    if (infos == NULL || *count < list.n) {
+        *count = list.n;
+        return read_end(RC_INSUFFICIENT_SIZE);
+    }
+    for (unsigned int i = 0; i < list.n; i++) {
+        if (with_ids) {
+            struct sim_process_info_v2 *p = &((struct sim_process_info_v2 *)infos)[i];
+            memset(p, 0, sizeof *p);
+            p->pid = list.pid[i];
+            p->gpu_instance_id = list.gi[i];
+            p->compute_instance_id = list.ci[i];
+        } else {
+            struct sim_process_info_v1 *p = &((struct sim_process_info_v1 *)infos)[i];
+            memset(p, 0, sizeof *p);
+            p->pid = list.pid[i];
+        }
+    }
+    *count = list.n;
+    return read_end(RC_SUCCESS);
+}
+
+SIM_EXPORT enum sim_rc nvmlDeviceGetComputeRunningProcesses(sim_device_t device,
+                                                            unsigned int *count,
+                                                            struct sim_process_info_v1 *infos)
+{
+    ENTER(nvmlDeviceGetComputeRunningProcesses);
+    return running_processes(device, count, infos, 0);
+}
+
+SIM_EXPORT enum sim_rc nvmlDeviceGetComputeRunningProcesses_v2(sim_device_t device,
+                                                               unsigned int *count,
+                                                               struct sim_process_info_v2 *infos)
+{
+    ENTER(nvmlDeviceGetComputeRunningProcesses_v2);
+    return running_processes(device, count, infos, 1);
+}
+
+SIM_EXPORT enum sim_rc nvmlDeviceGetComputeRunningProcesses_v3(sim_device_t device,
+                                                               unsigned int *count,
+                                                               struct sim_process_info_v2 *infos)
+{
+    ENTER(nvmlDeviceGetComputeRunningProcesses_v3);
+    return running_processes(device, count, infos, 1);
 }

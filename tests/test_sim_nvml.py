@@ -637,6 +637,75 @@ def test_busy_instances_cannot_be_destroyed(open_sim: Opener) -> None:
     pynvml.nvmlGpuInstanceDestroy(gi)
 
 
+def test_a_busy_compute_instance_lists_its_process(open_sim: Opener) -> None:
+    """A busy CI's MIG device reports its PID with the GI and CI ids; an idle one reports no
+    process; a busy GI's PID shows on each of its CIs; the GPU lists one process per (GI, CI)."""
+    path = open_sim("1xh100-80gb")
+    handle = enable_mig()
+    gi = create_gi(handle, 14, 0, 2)
+    ci = pynvml.nvmlGpuInstanceCreateComputeInstance(gi, 1)
+    mig = pynvml.nvmlComputeInstanceGetInfo(ci).device
+    assert pynvml.nvmlDeviceGetComputeRunningProcesses(mig) == []
+    assert pynvml.nvmlDeviceGetComputeRunningProcesses(handle) == []
+    simulator.mark_busy(path, 0, 3, 0, pid=4242)
+    let_readers_see_it()
+    procs = pynvml.nvmlDeviceGetComputeRunningProcesses(mig)
+    assert [(p.pid, p.gpuInstanceId, p.computeInstanceId, p.usedGpuMemory) for p in procs] == [
+        (4242, 3, 0, 0)
+    ]
+    other = create_gi(handle, 19, 2, 1)
+    other_ci = pynvml.nvmlGpuInstanceCreateComputeInstance(other, 0)
+    other_mig = pynvml.nvmlComputeInstanceGetInfo(other_ci).device
+    assert pynvml.nvmlDeviceGetComputeRunningProcesses_v2(other_mig) == []
+    simulator.mark_busy(path, 0, 9, pid=77)  # the GI, not its CI
+    let_readers_see_it()
+    assert [p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(other_mig)] == [77]
+    everything = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+    assert sorted((p.pid, p.gpuInstanceId, p.computeInstanceId) for p in everything) == [
+        (77, 9, 0),
+        (4242, 3, 0),
+    ]
+
+
+def test_running_processes_size_rules(open_sim: Opener) -> None:
+    """NULL or too small an array is INSUFFICIENT_SIZE with the count needed; no processes is
+    SUCCESS with 0; the unversioned call fills 16-byte records; nothing is written to the file."""
+    path = open_sim("1xh100-80gb")
+    handle = enable_mig()
+    gi = create_gi(handle, 19, 0, 1)
+    ci = pynvml.nvmlGpuInstanceCreateComputeInstance(gi, 0)
+    mig = pynvml.nvmlComputeInstanceGetInfo(ci).device
+    count = c_uint(5)
+    assert LIB.nvmlDeviceGetComputeRunningProcesses_v3(mig, byref(count), None) == SUCCESS
+    assert count.value == 0
+    simulator.mark_busy(path, 0, gi_placement(gi)[0], 0, pid=31337)
+    let_readers_see_it()
+    before = os.stat(path).st_mtime_ns
+    count = c_uint(0)
+    assert LIB.nvmlDeviceGetComputeRunningProcesses_v3(mig, byref(count), None) == INSUFFICIENT_SIZE
+    assert count.value == 1
+    array = (pynvml.c_nvmlProcessInfo_v3_t * 1)()
+    count = c_uint(0)
+    assert LIB.nvmlDeviceGetComputeRunningProcesses_v3(mig, byref(count), array) == INSUFFICIENT_SIZE
+    count = c_uint(1)
+    assert LIB.nvmlDeviceGetComputeRunningProcesses_v3(mig, byref(count), array) == SUCCESS
+    assert (count.value, array[0].pid) == (1, 31337)
+
+    class ProcessInfoV1(ctypes.Structure):
+        _fields_ = [("pid", ctypes.c_uint), ("usedGpuMemory", ctypes.c_ulonglong)]
+
+    assert ctypes.sizeof(ProcessInfoV1) == 16
+    legacy = (ProcessInfoV1 * 2)()
+    count = c_uint(2)
+    assert LIB.nvmlDeviceGetComputeRunningProcesses(mig, byref(count), legacy) == SUCCESS
+    assert (count.value, legacy[0].pid, legacy[1].pid) == (1, 31337, 0)
+    assert LIB.nvmlDeviceGetComputeRunningProcesses_v3(mig, None, None) == INVALID_ARGUMENT
+    assert os.stat(path).st_mtime_ns == before
+    pynvml.nvmlShutdown()
+    assert simulator.stats(path)["nvmlDeviceGetComputeRunningProcesses_v3"] == 5
+    pynvml.nvmlInit()
+
+
 # --------------------------------------------------------------------------- faults, counts
 
 

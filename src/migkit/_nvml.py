@@ -365,8 +365,12 @@ _CI = _layout(
         ("ci_slice_count", "I"),
         ("memory_mib", "Q"),
         ("uuid", "96s"),
+        ("process_status", "i"),
+        ("process_count", "I"),
+        ("pids", f"{lib.SHIM_MAX_PIDS}I"),
     ],
 )
+_C_PIDS = 18  # index of pids[0] in an unpacked shim_ci_t
 
 _DEVICE_SIZE: int = ffi.sizeof("shim_device_t")
 _OFF_PROFILES: int = ffi.offsetof("shim_device_t", "profiles")
@@ -524,6 +528,7 @@ def _build_instances(buf: Any, base: int, n_gis: int, n_cis: int, table: _Profil
     instances: list[GpuInstance] = []
     for k in range(n_gis):
         gi_id, profile_id, start, size, first_ci, ci_count = _GI.unpack_from(buf, base + _OFF_GIS + k * _GI_SIZE)
+        records = sorted(cis[first_ci : first_ci + ci_count], key=_ci_record_id)
         computes = [
             ComputeInstance(
                 id=c[1],
@@ -539,8 +544,9 @@ def _build_instances(buf: Any, base: int, n_gis: int, n_cis: int, table: _Profil
                 encoders=c[9],
                 jpegs=c[10],
                 ofas=c[11],
+                pids=_pids(c),
             )
-            for c in sorted(cis[first_ci : first_ci + ci_count], key=_ci_record_id)
+            for c in records
         ]
         instances.append(
             GpuInstance(
@@ -550,10 +556,21 @@ def _build_instances(buf: Any, base: int, n_gis: int, n_cis: int, table: _Profil
                 start=start,
                 size=size,
                 compute_instances=tuple(computes),
+                # The count, not the PIDs: with more processes than the shim keeps, or PIDs the
+                # driver hides from this container, the count still says the GI is busy.
+                in_use=any(c[17] for c in records),
             )
         )
     instances.sort(key=_gi_order)
     return tuple(instances)
+
+
+def _pids(record: tuple[Any, ...]) -> tuple[int, ...]:
+    """The PIDs the shim kept for one CI (none when the process query failed or overflowed)."""
+    count = min(int(record[17]), lib.SHIM_MAX_PIDS) if record[16] == 0 else 0
+    if not count:
+        return ()
+    return tuple(sorted({int(pid) for pid in record[_C_PIDS : _C_PIDS + count]}))
 
 
 def _ci_record_id(record: tuple[Any, ...]) -> int:

@@ -196,6 +196,7 @@ class ComputeInstance:
     encoders: int = 0
     jpegs: int = 0
     ofas: int = 0
+    pids: tuple[int, ...] = ()  # processes running on it, as far as the driver tells
 
     @property
     def placement(self) -> Placement:

@@ -30,7 +30,7 @@ from migkit.filters import Coverage, GpuCoverage, effective_specs
 from migkit.hardware import planning_model
 from migkit.models import ARCH_HOPPER, MIG_ENABLED, GpuInstance, GpuModel, GpuState
 from migkit.profiles import ProfileCounts, canonical_name, resolve
-from migkit.solver import Layout, PlacedCompute, PlacedInstance, slices_phrase, solve
+from migkit.solver import Layout, PlacedCompute, PlacedInstance, in_use_by, slices_phrase, solve
 
 __all__ = [
     "AddCompute",
@@ -264,11 +264,11 @@ def plan_gpu(
     if not desired:
         busy = [gi for gi in existing if gi.in_use]
         if busy:
-            names = "; ".join(_gi_label(gi) for gi in busy)
+            names = "; ".join(f"{_gi_label(gi)} is in use{in_use_by(gi)}" for gi in busy)
             return attrs.evolve(
                 base,
                 status="infeasible",
-                error=f"in use, so it cannot be destroyed to disable MIG: {names}",
+                error=f"cannot disable MIG, which destroys every GPU instance: {names}",
             )
         plan = attrs.evolve(base, **_destroy_fields(existing))
         return attrs.evolve(plan, status="change" if plan.changes_anything else "unchanged")

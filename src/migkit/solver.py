@@ -58,6 +58,7 @@ __all__ = [
     "PlacedCompute",
     "PlacedInstance",
     "describe_slices",
+    "in_use_by",
     "slices_phrase",
     "solve",
 ]
@@ -176,6 +177,15 @@ def slices_phrase(mask: int, kind: str = "memory") -> str:
     """``"memory slice 6"`` or ``"memory slices 0-3"``."""
     noun = f"{kind} slice" if _popcount(mask) == 1 else f"{kind} slices"
     return f"{noun} {describe_slices(mask)}"
+
+
+def in_use_by(gi: GpuInstance) -> str:
+    """``" by PID 4242"`` or ``" by PIDs 17, 4242"`` for an in-use GI; ``""`` when no PIDs are
+    known (the driver can report a process count without them)."""
+    pids = sorted({pid for ci in gi.compute_instances for pid in ci.pids})
+    if not pids:
+        return ""
+    return f" by PID{'s' if len(pids) > 1 else ''} {', '.join(str(pid) for pid in pids)}"
 
 
 def _describe_starts(starts: Sequence[int]) -> str:
@@ -675,7 +685,8 @@ def solve(
     for e in in_use:
         if e.problem:
             raise InfeasibleError(
-                f"{cm.model.name}: {e.label} is in use and cannot be kept: {e.problem}"
+                f"{cm.model.name}: {e.label} is in use{in_use_by(e.gi)} and cannot be kept: "
+                f"{e.problem}"
             )
     _check_overlaps(cm, classified)
     optional = [e for e in classified if not e.gi.in_use and not e.problem]
@@ -815,7 +826,9 @@ def _cap_text(cm: _Compiled, demand: _Demand, kind: _GiKind, needed: int) -> str
 def _holders_text(cm: _Compiled, found: _Found, in_use: Sequence[_Existing]) -> str:
     parts: list[tuple[str, list[int]]] = []
     for e in in_use:
-        parts.append((f"in-use {e.gi.profile} (GPU instance {e.gi.id})", [e.mask]))
+        parts.append(
+            (f"in-use {e.gi.profile} (GPU instance {e.gi.id}{in_use_by(e.gi)})", [e.mask])
+        )
     for choice in found[2]:
         kind = cm.kinds[choice[0]]
         parts.append((kind.name, [kind.masks[i] for i in choice[1:]]))
