@@ -43,6 +43,7 @@ typedef struct { dev_t_ device; gi_t_ gi; unsigned int id, profile;
                  placement_t placement; } ci_info_t;
 typedef struct { unsigned int sm, ce, dec, enc, jpeg, ofa, gis, cis;
                  unsigned long long memory; } attrs_t;
+typedef struct { unsigned int pid; unsigned long long used; unsigned int gi, ci; } proc_t;
 
 static ret_t (*count_fn)(unsigned int *);
 static ret_t (*handle_fn)(unsigned int, dev_t_ *);
@@ -65,6 +66,7 @@ static ret_t (*mig_handle_fn)(dev_t_, unsigned int, dev_t_ *);
 static ret_t (*mig_gi_fn)(dev_t_, unsigned int *);
 static ret_t (*mig_ci_fn)(dev_t_, unsigned int *);
 static ret_t (*attrs_fn)(dev_t_, attrs_t *);
+static ret_t (*procs_fn)(dev_t_, unsigned int *, proc_t *);
 
 #define LOAD(var, name) \
     do { void *p_ = dlsym(h, name); if (!p_) return -1; memcpy(&var, &p_, sizeof p_); } while (0)
@@ -94,6 +96,7 @@ int cloop_open(const char *path)
     LOAD(mig_gi_fn, "nvmlDeviceGetGpuInstanceId");
     LOAD(mig_ci_fn, "nvmlDeviceGetComputeInstanceId");
     LOAD(attrs_fn, "nvmlDeviceGetAttributes_v2");
+    LOAD(procs_fn, "nvmlDeviceGetComputeRunningProcesses_v3");
     return 0;
 }
 
@@ -204,8 +207,11 @@ long long cloop_walk(unsigned int *calls)
             uuid_fn(mig, text, sizeof text);
             memory_fn(mig, &memory);
             attrs_fn(mig, &a);
-            ncalls += 5;
-            sum += gi_id + ci_id + text[4] + (long long)(memory.total >> 20) + a.sm;
+            proc_t procs[8];
+            unsigned int nprocs = 8;
+            procs_fn(mig, &nprocs, procs);
+            ncalls += 6;
+            sum += gi_id + ci_id + text[4] + (long long)(memory.total >> 20) + a.sm + nprocs;
         }
     }
     *calls = ncalls;

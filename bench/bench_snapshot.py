@@ -206,9 +206,10 @@ def gather_with_pynvml() -> list[dict[str, Any]]:
             uuid = pynvml.nvmlDeviceGetUUID(mig)
             memory = pynvml.nvmlDeviceGetMemoryInfo(mig).total >> 20
             attributes = pynvml.nvmlDeviceGetAttributes(mig)
+            pids = [p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(mig)]
             for ci in cis_by_gi.get(gi_id, ()):
                 if ci["id"] == ci_id:
-                    ci.update(uuid=uuid, memory_mib=memory, sm=attributes.multiprocessorCount)
+                    ci.update(uuid=uuid, memory_mib=memory, sm=attributes.multiprocessorCount, pids=pids)
     return gpus
 
 
