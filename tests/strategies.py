@@ -413,3 +413,412 @@ def assert_legal_layout(model: GpuModel, counts: Mapping[str, int], layout: obje
     for name, count in per_profile.items():
         assert count <= model.profile(name).instance_count
     assert dict(ci_counts) == dict(canonical_counts(counts))
+
+
+# ---------------------------------------------------------------------- fuzzing: config text
+#
+# Near-valid documents: a valid document (``config_documents``) with a few structural
+# mutations (wrong types, unknown or misspelt keys, bad names and filters, odd counts, deep
+# nesting, shared sub-trees that dump as anchors and aliases), dumped as YAML or JSON, then a
+# few textual mutations (duplicated lines, tags, merge keys, line-break variants, stray
+# characters). Used by the config and CLI fuzzers.
+
+SIM_MODELS = ("h100-80gb", "a100-40gb", "a30-24gb", "rtx-pro-6000", "l40s")
+
+NASTY_VALUES: tuple[object, ...] = (
+    -1,
+    -(2**63),
+    2**31,
+    2**32,
+    2**63,
+    2**64,
+    10**30,
+    True,
+    False,
+    0.5,
+    1.0,
+    -0.0,
+    1e308,
+    float("inf"),
+    float("nan"),
+    None,
+    "",
+    " ",
+    "all",
+    "All",
+    "ALL",
+    "all ",
+    "none",
+    "7",
+    "-1",
+    "0x",
+    "0x233010DE:",
+    ":0x16C010DE",
+    "0x233010DE:0x16C010DE:0x1",
+    "0x1233010DE",
+    "20B010DE",
+    " 0x233010DE",
+    "0x2330_10DE",
+    "0b1",
+    "0o17",
+    "017",
+    "1G.5GB",
+    "1g.5gb+me-me",
+    "1g.5gb+",
+    "1g.5gb+me,me",
+    "0g.0gb",
+    "01g.05gb",
+    "99999999999999999999g.1gb",
+    "\uff11g.5gb",
+    "\u0663g.20gb",
+    "1g.5gb\u200b",
+    "caf\u00e9",
+    "\U0001f600",
+    "~",
+    "null",
+    "yes",
+    "no",
+    "on",
+    "y",
+    "1:20",
+    "2001-12-14",
+    ".inf",
+    "<<",
+    "&a",
+    "*a",
+    "!!str",
+    "- x",
+    "? x",
+    "a: b",
+    "#",
+    "\\",
+    '"',
+    "'",
+    "\t",
+    "\n",
+    [],
+    {},
+    [[]],
+    [{}],
+    {"": None},
+    ["all"],
+    [0, -1],
+    [True],
+    [0.5],
+    ["0"],
+    {"devices": "all", "mig-enabled": False},
+)
+
+KEY_MUTANTS = st.sampled_from(
+    [
+        "Devices",
+        "device",
+        "mig_enabled",
+        "mig-enable",
+        "MIG-ENABLED",
+        "mig-devices ",
+        "device-filters",
+        "deviceFilter",
+        "Version",
+        "mig-config",
+        "extra",
+        "",
+        "<<",
+        "~",
+        "1g.5gb",
+        "caf\u00e9",
+    ]
+)
+
+TAGS = (
+    "!!python/object:os.system",
+    "!!python/object/apply:os.system",
+    "!!python/object/new:builtins.dict",
+    "!!python/name:os.system",
+    "!!python/tuple",
+    "!!python/str",
+    "!!python/int",
+    "!!binary",
+    "!!set",
+    "!!omap",
+    "!!pairs",
+    "!!timestamp",
+    "!!str",
+    "!!int",
+    "!!float",
+    "!!bool",
+    "!!null",
+    "!!map",
+    "!!seq",
+    "!!merge",
+    "!custom",
+    "!",
+    "!<tag:example.com,2000:x>",
+)
+
+YAML_TOKENS = st.sampled_from(
+    [
+        "version",
+        "v1",
+        "mig-configs",
+        "devices",
+        "all",
+        "mig-enabled",
+        "true",
+        "false",
+        "mig-devices",
+        "device-filter",
+        "1g.5gb",
+        "1c.3g.20gb",
+        "0x233010DE",
+        "custom",
+        "0",
+        "1",
+        "-1",
+        "7",
+        "1.5",
+        "~",
+        ":",
+        ": ",
+        " ",
+        "  ",
+        "\n",
+        "\n  ",
+        "\n    ",
+        "\n  - ",
+        "- ",
+        "[",
+        "]",
+        "{",
+        "}",
+        ",",
+        "&a ",
+        "*a",
+        "<<: ",
+        "? ",
+        "|",
+        ">",
+        "#",
+        "'",
+        '"',
+        "\\",
+        "%YAML 1.1\n",
+        "%TAG ! tag:x,2000:\n",
+        "---\n",
+        "...\n",
+        "\t",
+        "\r",
+        "\r\n",
+        "\x85",
+        "\u2028",
+        "\ufeff",
+        "\x00",
+        "\x07",
+        "\ud800",
+        "\udc00",
+        "\\ud800",
+        "\U0001f600",
+        *TAGS,
+    ]
+)
+
+
+@st.composite
+def yamlish_texts(draw: st.DrawFn) -> str:
+    """Text made of YAML syntax and config vocabulary, to reach deep into the parser."""
+    return "".join(draw(st.lists(YAML_TOKENS, max_size=40)))
+
+
+Slot = tuple[object, object]  # (container, key or index)
+
+
+def _containers(node: object, out: list[Slot]) -> None:
+    """Every (container, key-or-index) slot of a plain-data document, depth first."""
+    if isinstance(node, dict):
+        for key in list(node):
+            out.append((node, key))
+            _containers(node[key], out)
+    elif isinstance(node, list):
+        for index in range(len(node)):
+            out.append((node, index))
+            _containers(node[index], out)
+
+
+def _get(container: object, key: object) -> object:
+    if isinstance(container, dict):
+        return container[key]
+    assert isinstance(container, list) and isinstance(key, int)
+    return container[key]
+
+
+def _set(container: object, key: object, value: object) -> None:
+    if isinstance(container, dict):
+        container[key] = value
+    else:
+        assert isinstance(container, list) and isinstance(key, int)
+        container[key] = value
+
+
+def _deep(depth: int, leaf: object, as_map: bool) -> object:
+    value = leaf
+    for _ in range(depth):
+        value = {"devices": value} if as_map else [value]
+    return value
+
+
+@st.composite
+def _mutate_structure(draw: st.DrawFn, document: dict[str, object]) -> None:
+    """Apply one structural mutation to ``document`` in place."""
+    slots: list[Slot] = []
+    _containers(document, slots)
+    if not slots:  # earlier mutations deleted everything
+        return
+    container, key = draw(st.sampled_from(slots))
+    old = _get(container, key)
+    kind = draw(
+        st.sampled_from(
+            ["nasty", "garbage", "delete", "add-key", "rename", "wrap", "deep", "share", "count"]
+        )
+    )
+    if kind == "nasty":
+        _set(container, key, draw(st.sampled_from(NASTY_VALUES)))
+    elif kind == "garbage":
+        _set(container, key, draw(GARBAGE))
+    elif kind == "delete":
+        if isinstance(container, dict):
+            del container[key]
+        else:
+            assert isinstance(container, list) and isinstance(key, int)
+            del container[key]
+    elif kind == "add-key":
+        target = container if isinstance(container, dict) else old
+        if isinstance(target, dict):
+            target[draw(KEY_MUTANTS)] = draw(st.sampled_from(NASTY_VALUES))
+    elif kind == "rename" and isinstance(container, dict):
+        container[draw(KEY_MUTANTS)] = container.pop(key)
+    elif kind == "wrap":
+        _set(container, key, draw(st.sampled_from([[old], {"x": old}, {str(key): old}])))
+    elif kind == "deep":
+        _set(container, key, _deep(draw(st.integers(1, 120)), old, draw(st.booleans())))
+    elif kind == "share":
+        # the same object in two places dumps as an anchor and an alias
+        donors = [_get(c, k) for c, k in slots if isinstance(_get(c, k), (dict, list))]
+        donors = [d for d in donors if d is not container and not _contains(d, container)]
+        if donors:
+            _set(container, key, draw(st.sampled_from(donors)))
+    elif kind == "count":
+        count = st.one_of(
+            st.integers(-(2**70), 2**70),
+            st.floats(),
+            st.booleans(),
+            st.sampled_from([10**18, 10**6, 1000, -1, 0]),
+        )
+        _set(container, key, draw(count))
+
+
+def _contains(haystack: object, needle: object) -> bool:
+    if haystack is needle:
+        return True
+    if isinstance(haystack, dict):
+        return any(_contains(v, needle) for v in haystack.values())
+    if isinstance(haystack, list):
+        return any(_contains(v, needle) for v in haystack)
+    return False
+
+
+_BREAKS = ("\n", "\r\n", "\r", "\x85", "\u2028")
+
+
+@st.composite
+def _mutate_text(draw: st.DrawFn, text: str) -> str:
+    """Apply one textual mutation to a YAML/JSON document."""
+    lines = text.split("\n")
+    kind = draw(
+        st.sampled_from(
+            ["dup-line", "tag", "anchor", "merge", "poke", "breaks", "multi-doc", "prefix", "tabs"]
+        )
+    )
+    at = draw(st.integers(0, max(0, len(lines) - 1)))
+    if kind == "dup-line":
+        lines.insert(at, lines[at])
+    elif kind == "tag":
+        line = lines[at]
+        for marker in (": ", "- "):
+            cut = line.find(marker)
+            if cut >= 0:
+                pos = cut + len(marker)
+                lines[at] = f"{line[:pos]}{draw(st.sampled_from(TAGS))} {line[pos:]}"
+                break
+    elif kind == "anchor":
+        name = draw(st.sampled_from(["a", "b", "id001"]))
+        line = lines[at]
+        cut = line.find(": ")
+        if cut >= 0:
+            lines[at] = f"{line[: cut + 2]}&{name} {line[cut + 2 :]}"
+        other = draw(st.integers(0, max(0, len(lines) - 1)))
+        line = lines[other]
+        cut = line.find(": ")
+        if cut >= 0:
+            lines[other] = f"{line[: cut + 2]}*{draw(st.sampled_from(['a', 'b', 'id001']))}"
+    elif kind == "merge":
+        indent = len(lines[at]) - len(lines[at].lstrip(" -"))
+        value = draw(st.sampled_from(["*a", "*id001", "[*a, *id001]", "{x: 1}", "1", "[1]"]))
+        lines.insert(at, " " * indent + f"<<: {value}")
+    elif kind == "poke":
+        flat = "\n".join(lines)
+        pos = draw(st.integers(0, len(flat)))
+        if draw(st.booleans()) and pos < len(flat):
+            flat = flat[:pos] + flat[pos + 1 :]
+        else:
+            flat = flat[:pos] + draw(YAML_TOKENS) + flat[pos:]
+        return flat
+    elif kind == "breaks":
+        return draw(st.sampled_from(_BREAKS)).join(lines)
+    elif kind == "multi-doc":
+        lines.append(draw(st.sampled_from(["---", "--- {}", "...", "--- version: v1"])))
+    elif kind == "prefix":
+        return draw(st.sampled_from(["\ufeff", "%YAML 1.1\n---\n", "# \U0001f600\n", "---\n"])) + text
+    elif kind == "tabs":
+        lines = [line.replace("  ", "\t", 1) if i == at else line for i, line in enumerate(lines)]
+    return "\n".join(lines)
+
+
+def _dump(document: object, style: str) -> str:
+    import json
+
+    import yaml
+
+    if style == "json":
+        return json.dumps(document, ensure_ascii=False)
+    if style == "json-ascii":
+        return json.dumps(document)
+    try:
+        return yaml.safe_dump(
+            document,
+            default_flow_style={"block": False, "flow": True, "mixed": None}[style],
+            allow_unicode=True,
+            sort_keys=False,
+        )
+    except (yaml.YAMLError, RecursionError):
+        return json.dumps(document)
+
+
+@st.composite
+def near_valid_config_texts(
+    draw: st.DrawFn, max_structural: int = 3, max_textual: int = 2
+) -> str:
+    """A valid config document with a few structural then textual mutations, as text."""
+    document = draw(config_documents())
+    for _ in range(draw(st.integers(0, max_structural))):
+        draw(_mutate_structure(document))
+    text = _dump(document, draw(st.sampled_from(["block", "flow", "mixed", "json", "json-ascii"])))
+    for _ in range(draw(st.integers(0, max_textual))):
+        text = draw(_mutate_text(text))
+    return text
+
+
+def yaml_line_count(text: str) -> int:
+    """How many lines a YAML reader counts in ``text`` (it also breaks on \\r, NEL, LS, PS)."""
+    breaks = text.count("\n") + text.count("\x85") + text.count("\u2028") + text.count("\u2029")
+    breaks += text.count("\r") - text.count("\r\n")
+    return breaks + 1
