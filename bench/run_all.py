@@ -35,9 +35,7 @@ def run_benchmarks(quick: bool) -> dict[str, float]:
     for name, (script, args, quick_args) in BENCHMARKS.items():
         print(f"== {name}: python bench/{script}", flush=True)
         start = time.perf_counter()
-        subprocess.run(
-            [sys.executable, str(HERE / script), *(quick_args if quick else args)], check=True
-        )
+        subprocess.run([sys.executable, str(HERE / script), *(quick_args if quick else args)], check=True)
         durations[name] = time.perf_counter() - start
     return durations
 
@@ -125,9 +123,7 @@ def render(table: list[tuple[str, str, str, str]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    parser.add_argument(
-        "--table-only", action="store_true", help="only print the table from bench/results/"
-    )
+    parser.add_argument("--table-only", action="store_true", help="only print the table from bench/results/")
     args = parser.parse_args()
     if not args.table_only:
         durations = run_benchmarks(args.quick)
