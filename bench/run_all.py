@@ -60,17 +60,19 @@ def rows() -> list[tuple[str, str, str, str]]:
     closs = ratios["migkit_warm_over_c_loop_median"]  # type: ignore[index]
     closs_cold = ratios["migkit_cold_over_c_loop_median"]  # type: ignore[index]
     return [
+        ("snapshot, 8 partitioned GPUs, repeated reads: nvidia-ml-py / migkit", f"{fast:.1f}x", ">= 10x", ok(fast >= 10)),
+        ("snapshot, first read in a process: nvidia-ml-py / migkit", f"{cold:.1f}x", ">= 10x", ok(cold >= 10)),
         (
-            "snapshot, 8 partitioned GPUs: nvidia-ml-py time / migkit time",
-            f"{fast:.1f}x (first read {cold:.1f}x)",
-            ">= 10x",
-            ok(fast >= 10),
-        ),
-        (
-            "snapshot: migkit time / plain C loop of the same NVML calls",
-            f"{closs:.2f}x (first read {closs_cold:.2f}x)",
+            "snapshot, repeated reads: migkit / plain C loop of the same calls",
+            f"{closs:.2f}x",
             "<= 1.5x",
             ok(closs <= 1.5),
+        ),
+        (
+            "snapshot, first read in a process: migkit / plain C loop",
+            f"{closs_cold:.2f}x",
+            "<= 1.5x",
+            ok(closs_cold <= 1.5),
         ),
         (
             f"solver: all {solver['requests']} count combinations on h100-80gb, total",  # type: ignore[index]
