@@ -60,7 +60,12 @@ def rows() -> list[tuple[str, str, str, str]]:
     closs = ratios["migkit_warm_over_c_loop_median"]  # type: ignore[index]
     closs_cold = ratios["migkit_cold_over_c_loop_median"]  # type: ignore[index]
     return [
-        ("snapshot, 8 partitioned GPUs, repeated reads: nvidia-ml-py / migkit", f"{fast:.1f}x", ">= 10x", ok(fast >= 10)),
+        (
+            "snapshot, 8 partitioned GPUs, repeated reads: nvidia-ml-py / migkit",
+            f"{fast:.1f}x",
+            ">= 10x",
+            ok(fast >= 10),
+        ),
         ("snapshot, first read in a process: nvidia-ml-py / migkit", f"{cold:.1f}x", ">= 10x", ok(cold >= 10)),
         (
             "snapshot, repeated reads: migkit / plain C loop of the same calls",
