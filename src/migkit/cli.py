@@ -274,6 +274,8 @@ def _load_selected(args: argparse.Namespace) -> tuple[Any, str | None]:
     else:
         if not os.path.exists(path):
             raise UsageError(f"config file {path}: no such file")
+        if os.path.isdir(path):
+            raise UsageError(f"config file {path}: is a directory")
         config = load_config(path)
     return config, selected
 
@@ -505,6 +507,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE if isinstance(err, SimulatorError) else EXIT_FAILED
     except BrokenPipeError:
         return EXIT_OK
+    except UnicodeDecodeError as err:
+        print(f"migkit {args.command}: error: a file given is not UTF-8 text ({err.reason})", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as err:
         # A file named on the command line (config, checkpoint, output, state) that cannot be
         # read or written: nothing was changed.

@@ -446,6 +446,17 @@ def _demand(cm: _Compiled, counts: Mapping[str, int]) -> _Demand:
                 f"{cm.model.name}: the table lists no compute instance profiles for {kind.name}"
             )
         vectors[kind.order][ci] += count
+    for kind in cm.kinds:
+        # Far-out counts fail fast here rather than deep in the search (near misses get the
+        # detailed explanation from the search itself).
+        wanted = sum(vectors[kind.order])
+        per_gi = max((c.cap for c in kind.ci_kinds), default=1)
+        if wanted > 4 * kind.cap * per_gi:
+            raise InfeasibleError(
+                f"{cm.model.name}: {wanted} compute instances in {kind.name} GPU instances requested, "
+                f"but at most {kind.cap} such GPU instance(s) with at most {per_gi} compute instance(s) "
+                f"each fit on the GPU"
+            )
     return _Demand(tuple(tuple(v) for v in vectors), canonical)
 
 
