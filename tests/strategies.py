@@ -6,6 +6,7 @@ agreement between the two is evidence, not tautology.
 
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 from collections import Counter
@@ -681,7 +682,7 @@ def _mutate_structure(draw: st.DrawFn, document: dict[str, object]) -> None:
         )
     )
     if kind == "nasty":
-        _set(container, key, draw(st.sampled_from(NASTY_VALUES)))
+        _set(container, key, draw(st.sampled_from(NASTY_VALUES).map(copy.deepcopy)))
     elif kind == "garbage":
         _set(container, key, draw(GARBAGE))
     elif kind == "delete":
@@ -693,7 +694,7 @@ def _mutate_structure(draw: st.DrawFn, document: dict[str, object]) -> None:
     elif kind == "add-key":
         target = container if isinstance(container, dict) else old
         if isinstance(target, dict):
-            target[draw(KEY_MUTANTS)] = draw(st.sampled_from(NASTY_VALUES))
+            target[draw(KEY_MUTANTS)] = draw(st.sampled_from(NASTY_VALUES).map(copy.deepcopy))
     elif kind == "rename" and isinstance(container, dict):
         container[draw(KEY_MUTANTS)] = container.pop(key)
     elif kind == "wrap":
