@@ -121,14 +121,20 @@ class Node:
     # ------------------------------------------------------------------ reading
 
     def snapshot(self) -> tuple[GpuState, ...]:
-        """Every GPU with its profiles, placements, instances and MIG devices, in NVML index
-        order, read in one call into the shim.
+        """Every GPU with its profiles, placements, instances and MIG devices, read in one call
+        into the shim, in **PCI bus order**.
+
+        A GPU's position in the tuple is what a config's ``devices: [i]`` means (as in
+        nvidia-mig-parted, which numbers GPUs by PCI address); ``GpuState.index`` is its NVML
+        index, which every NVML call uses. The two agree on ordinary systems.
 
         Raises :class:`~migkit.errors.NvmlError` naming the GPU and the NVML call when any
         part of a GPU cannot be read.
         """
         self._check_open()
-        return self._snapshotter.snapshot()
+        states = self._snapshotter.snapshot()
+        ordered = tuple(sorted(states, key=_pci_order))
+        return states if all(a is b for a, b in zip(ordered, states, strict=True)) else ordered
 
     # ------------------------------------------------------------------ changing
 
@@ -175,6 +181,16 @@ class Node:
     def __repr__(self) -> str:
         kind = f"simulated, state {self._state_file}" if self._is_simulated else "hardware"
         return f"<migkit.Node {self._library_path} ({kind})>"
+
+
+def _pci_order(gpu: GpuState) -> tuple[int, ...]:
+    """``0000:18:00.0`` -> (0, 0x18, 0, 0): domain, bus, device, function, compared as numbers."""
+    try:
+        domain, bus, rest = gpu.bus_id.split(":")
+        device, function = rest.split(".")
+        return (int(domain, 16), int(bus, 16), int(device, 16), int(function, 16), gpu.index)
+    except ValueError:
+        return (1 << 32, 0, 0, 0, gpu.index)  # unparsable bus ids sort last, by NVML index
 
 
 @contextlib.contextmanager
