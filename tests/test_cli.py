@@ -220,3 +220,19 @@ def test_read_only_mode_refuses_apply(node: str, cfg: str, monkeypatch: pytest.M
     assert main(["--sim-state", node, "apply", "-f", cfg, "-c", "all-balanced"]) == 0
     monkeypatch.setenv("MIGKIT_READ_ONLY", "1")
     assert main(["--sim-state", node, "apply", "-f", cfg, "-c", "all-balanced"]) == 0  # nothing to change
+
+
+def test_reset_blockers_are_found_before_a_reset(tmp_path: Path) -> None:
+    """nvidia_drm and nvidia-persistenced are named as reset blockers; a clean node has none."""
+    proc = tmp_path / "proc"
+    (proc / "4711").mkdir(parents=True)
+    (proc / "4711" / "comm").write_text("nvidia-persiste\n")
+    (proc / "12").mkdir()
+    (proc / "12" / "comm").write_text("bash\n")
+    (proc / "modules").write_text("nvidia_uvm 1 0 - Live 0x0\nnvidia_drm 2 3 - Live 0x0\nnvidia 5 1 - Live 0x0\n")
+    found = executor.reset_blockers(str(proc))
+    assert any("nvidia_drm" in b for b in found)
+    assert any("nvidia-persistenced" in b and "4711" in b for b in found)
+    (proc / "modules").write_text("nvidia 5 1 - Live 0x0\n")
+    (proc / "4711" / "comm").write_text("sshd\n")
+    assert executor.reset_blockers(str(proc)) == []

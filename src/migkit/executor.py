@@ -604,6 +604,36 @@ def node_lock(path: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def reset_blockers(proc: str = "/proc") -> list[str]:
+    """Known reasons a GPU reset fails on a real node (mig-parted-facts P19), found up front.
+
+    The ``nvidia_drm`` module and ``nvidia-persistenced`` keep the GPUs open, so
+    ``nvidia-smi -r`` fails with "in use". Returns one sentence per blocker found.
+    """
+    found: list[str] = []
+    try:
+        with open(os.path.join(proc, "modules"), encoding="utf-8") as modules:
+            if any(line.split(" ", 1)[0] == "nvidia_drm" for line in modules):
+                found.append("the nvidia_drm kernel module is loaded (it holds the GPUs; unload it first)")
+    except OSError:
+        pass
+    try:
+        entries = os.listdir(proc)
+    except OSError:
+        entries = []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(os.path.join(proc, entry, "comm"), encoding="utf-8") as comm:
+                name = comm.read().strip()
+        except OSError:
+            continue
+        if name.startswith("nvidia-persiste"):
+            found.append(f"nvidia-persistenced is running (pid {entry}; stop it first)")
+    return found
+
+
 def reset_gpus(node: Any, gpus: Sequence[GpuState]) -> None:
     """Reset exactly these GPUs so that a pending MIG mode takes effect."""
     if not gpus:
@@ -616,6 +646,7 @@ def reset_gpus(node: Any, gpus: Sequence[GpuState]) -> None:
         except simulator.SimulatorError as err:
             raise ApplyError(f"GPU reset failed: {err}") from None
         return
+    blockers = reset_blockers()
     smi = shutil.which("nvidia-smi")
     if smi is None:
         raise ApplyError(
@@ -631,7 +662,8 @@ def reset_gpus(node: Any, gpus: Sequence[GpuState]) -> None:
     )
     if proc.returncode != 0:
         output = (proc.stdout + proc.stderr).strip()
-        raise ApplyError(f"nvidia-smi -r failed (exit {proc.returncode}): {output}")
+        hint = ("; likely blockers: " + "; ".join(blockers)) if blockers else ""
+        raise ApplyError(f"nvidia-smi -r failed (exit {proc.returncode}): {output}{hint}")
 
 
 def _emit(progress: TextIO | None, text: str) -> None:
@@ -968,6 +1000,8 @@ def apply(
         node_plan.raise_for_errors()  # an infeasible config is an error, dry run or not
         report.dry_run = True
         report.warnings.extend(node_plan.warnings)
+        if not getattr(node, "is_simulated", False) and any(g.reset_required for g in node_plan.gpus):
+            report.warnings.extend(f"a GPU reset is needed and may fail: {b}" for b in reset_blockers())
         report.plan_text = node_plan.to_text()
         report.plan_json = node_plan.to_json()
         return report
