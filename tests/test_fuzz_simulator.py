@@ -96,7 +96,7 @@ def _mask(start: int, size: int) -> int:
 
 def check_snapshot(gpus: Sequence[GpuState]) -> None:
     """The snapshot obeys the MIG placement rules its own profile tables state."""
-    assert [g.index for g in gpus] == list(range(len(gpus)))
+    assert sorted(g.index for g in gpus) == list(range(len(gpus))), "NVML indices"
     for gpu in gpus:
         where = f"GPU {gpu.index}"
         assert gpu.mig_mode in (0, 1) and gpu.pending_mig_mode in (0, 1), where
@@ -200,13 +200,19 @@ def _layout(gpus: Sequence[GpuState]) -> tuple[object, ...]:
 # ---------------------------------------------------------------------- the fuzzer
 
 
+def by_index(gpus: Sequence[GpuState]) -> tuple[GpuState, ...]:
+    """The snapshot in NVML index order (snapshots list GPUs in PCI order), so that position
+    ``i`` is the GPU that requests name with ``gpu=i``."""
+    return tuple(sorted(gpus, key=lambda g: g.index))
+
+
 class Fuzzer:
     """Random bulk operations on one open simulated node, checked after every step."""
 
     def __init__(self, node: Node, state_file: str) -> None:
         self.node = node
         self.state_file = state_file
-        self.gpus = node.snapshot()
+        self.gpus = by_index(node.snapshot())
         self.busy: set[tuple[int, int, int | None]] = set()
         self.log: list[str] = []
         check_snapshot(self.gpus)
@@ -414,7 +420,7 @@ class Fuzzer:
     def refresh(self, changed: bool) -> tuple[GpuState, ...]:
         """Snapshot, check it, and when nothing succeeded check that nothing changed."""
         before = self.gpus
-        self.gpus = self.node.snapshot()
+        self.gpus = by_index(self.node.snapshot())
         check_snapshot(self.gpus)
         if not changed:
             assert _layout(self.gpus) == _layout(before), "a failed batch changed the node"
