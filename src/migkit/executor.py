@@ -66,10 +66,6 @@ def orphan_instances(gpu: GpuState) -> tuple[GpuInstance, ...]:
     return tuple(gi for gi in gpu.gpu_instances if not gi.compute_instances)
 
 
-def _gpu_label(gpu: GpuState) -> str:
-    return f"GPU {gpu.index} ({gpu.name}, 0x{gpu.pci_device_id:08X})"
-
-
 def _gi_text(gi: Any) -> str:
     return f"{gi.profile}@{gi.start}:{gi.size}"
 
@@ -112,9 +108,6 @@ class GpuActions:
     def empty(self) -> bool:
         return not (self.destroy_cis or self.destroy_gis or self.create_gis or self.create_cis)
 
-    @property
-    def destroyed_gpu_instances(self) -> int:
-        return len(self.destroy_gis)
 
 
 @attrs.frozen

@@ -34,7 +34,7 @@ from typing import Any
 import attrs
 
 from migkit.errors import MigkitError, UnknownModelError
-from migkit.models import ARCH_HOPPER, GpuModel
+from migkit.models import GpuModel
 
 STATE_ENV = "MIGKIT_SIM_STATE"
 FAULTS_ENV = "MIGKIT_SIM_FAULTS"
@@ -375,11 +375,6 @@ def mark_busy(
                 return
     what = f"GPU {gpu} GI {gi}" + (f" CI {ci}" if ci is not None else "")
     raise SimulatorError(f"no {what} in {state_file}")
-
-
-def needs_reset(architecture: int) -> bool:
-    """Whether a MIG mode change waits for a GPU reset (Ampere) or is immediate (Hopper+)."""
-    return architecture < ARCH_HOPPER
 
 
 @attrs.frozen
