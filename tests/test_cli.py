@@ -236,3 +236,12 @@ def test_reset_blockers_are_found_before_a_reset(tmp_path: Path) -> None:
     (proc / "modules").write_text("nvidia 5 1 - Live 0x0\n")
     (proc / "4711" / "comm").write_text("sshd\n")
     assert executor.reset_blockers(str(proc)) == []
+
+
+def test_a_file_that_is_not_a_simulated_node_is_a_usage_error(tmp_path: Path, cfg: str,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """--sim-state pointing at some other file exits 2 and says why."""
+    other = tmp_path / "notes.txt"
+    other.write_text("hello\n")
+    assert main(["--sim-state", str(other), "export"]) == 2
+    assert "not a migkit simulator state file" in capsys.readouterr().err

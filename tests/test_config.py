@@ -521,3 +521,14 @@ def test_mutated_documents_only_raise_config_error(
     entry[key] = data.draw(GARBAGE)
     with contextlib.suppress(ConfigError):
         load_config(yaml.safe_dump(document))
+
+
+def test_base_60_numbers_are_strings_as_in_go_yaml() -> None:
+    """YAML 1.1 sexagesimal (1:20) is not a number to mig-parted, so it is refused where one is due."""
+    with pytest.raises(ConfigError, match="1:20"):
+        load_config("version: v1\nmig-configs:\n  a:\n    - devices: [1:20]\n      mig-enabled: false\n")
+    with pytest.raises(ConfigError, match="1:00"):
+        load_config(
+            "version: v1\nmig-configs:\n  a:\n    - devices: all\n      mig-enabled: true\n"
+            "      mig-devices: {1g.10gb: 1:00}\n"
+        )

@@ -254,6 +254,9 @@ def open_node_from_args(args: argparse.Namespace) -> Node:
     if state:
         if not os.path.exists(state):
             raise UsageError(f"simulator state {state}: no such file (add --simulate SPEC to create it)")
+        from migkit import simulator
+
+        simulator.read_state(state)  # a file that is not a simulated node is a usage error (exit 2)
         return open_node(nvml_library=library, sim_state=state)
     if spec:
         return open_node(nvml_library=library, simulate=spec)

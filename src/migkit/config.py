@@ -255,6 +255,10 @@ class _Parser:
                 return False
             raise self.error(node, f"{node.value!r} is not a boolean")
         if tag in (_TAG + "int", _TAG + "float"):
+            if ":" in node.value:
+                # YAML 1.1 base-60 numbers (1:20 -> 80): go-yaml v2, and so mig-parted, reads
+                # them as strings, so they are strings here too (and fail where a number is due).
+                return _join_surrogates(node.value)
             try:
                 if tag.endswith("int"):
                     return _CONSTRUCTOR.construct_yaml_int(node)

@@ -241,10 +241,11 @@ def matches(
     if want is None:
         return True, ""
     if gpu.mig_mode != want:
-        return (
-            False,
-            f"MIG mode is {'enabled' if gpu.mig_mode else 'disabled'}, wanted {'enabled' if want else 'disabled'}",
-        )
+        word = "enabled" if want else "disabled"
+        reason = f"MIG mode is {'enabled' if gpu.mig_mode else 'disabled'}, wanted {word}"
+        if gpu.pending_mig_mode == want:
+            reason += f" (the change to {word} is pending: reset the GPU or reboot)"
+        return False, reason
     if gpu.pending_mig_mode != want:
         return False, "a MIG mode change is pending (reset or reboot required)"
     if mode_only or want == MIG_DISABLED:
