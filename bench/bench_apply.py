@@ -19,7 +19,8 @@ import tempfile
 import time
 
 import migkit
-from migkit import executor, simulator
+from migkit import simulator
+from migkit.apply import executor
 from migkit.config import parse_config
 
 CONFIG = """\

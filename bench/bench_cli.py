@@ -46,7 +46,8 @@ def heavy_modules_on_version() -> list[str]:
     code = (
         "import sys, runpy; sys.argv=['migkit','--version']\n"
         "try:\n    runpy.run_module('migkit', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-        "print('MODULES=' + ','.join(m for m in ('yaml','migkit.solver','migkit._nvml','migkit.executor','attrs') "
+        "print('MODULES=' + ','.join(m for m in ('yaml','migkit.planning.solver','migkit.nvml._binding',"
+        "'migkit.apply.executor','attrs') "
         "if m in sys.modules))"
     )
     out = subprocess.run(

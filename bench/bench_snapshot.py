@@ -39,7 +39,7 @@ import pynvml  # noqa: E402
 
 from migkit import simulator  # noqa: E402
 from migkit.models import Placement  # noqa: E402
-from migkit.node import (  # noqa: E402
+from migkit.nvml.node import (  # noqa: E402
     ComputeInstanceRef,
     ComputeInstanceRequest,
     GpuInstanceRequest,

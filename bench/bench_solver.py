@@ -33,13 +33,13 @@ from typing import Any
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from migkit import solver  # noqa: E402
 from migkit.config import ConfigEntry  # noqa: E402
 from migkit.errors import InfeasibleError  # noqa: E402
-from migkit.filters import GpuCoverage  # noqa: E402
 from migkit.hardware import gpu_model  # noqa: E402
 from migkit.models import GpuModel  # noqa: E402
-from migkit.plan import plan_gpu  # noqa: E402
+from migkit.planning import solver  # noqa: E402
+from migkit.planning.coverage import GpuCoverage  # noqa: E402
+from migkit.planning.plan import plan_gpu  # noqa: E402
 from strategies import (  # noqa: E402 - the shared oracles live with the tests
     feasible_gi_counts,
     layout_instances,

@@ -378,8 +378,8 @@ GARBAGE = st.recursive(
 
 def assert_legal_layout(model: GpuModel, counts: Mapping[str, int], layout: object) -> None:
     """Check a solver Layout against the tables, independently of the solver."""
-    from migkit.profiles import canonical_counts
-    from migkit.solver import Layout
+    from migkit.names import canonical_counts
+    from migkit.planning.solver import Layout
 
     assert isinstance(layout, Layout)
     used = 0

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from migkit.models import GpuState, Placement
-from migkit.node import (
+from migkit.nvml.node import (
     ComputeInstanceRequest,
     GpuInstanceRequest,
     MigModeRequest,

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 import migkit
-from migkit import executor, simulator
+from migkit import simulator
+from migkit.apply import executor
 from migkit.cli import main as cli_main
 from migkit.config import load_config
 

@@ -20,8 +20,8 @@ from migkit.config import (
     load_config,
     select,
 )
+from migkit.config.filters import DeviceFilter
 from migkit.errors import ConfigError
-from migkit.filters import DeviceFilter
 from strategies import GARBAGE, config_documents
 
 

@@ -11,7 +11,6 @@ import yaml
 
 from migkit.config import load_config, select
 from migkit.export import export_config, gpu_mig_devices, render
-from migkit.filters import effective_specs
 from migkit.hardware import gpu_model
 from migkit.models import (
     MIG_DISABLED,
@@ -21,6 +20,7 @@ from migkit.models import (
     GpuModel,
     GpuState,
 )
+from migkit.planning.coverage import effective_specs
 
 A = "0x20B010DE"  # A100-SXM4-40GB
 B = "0x233010DE"  # H100 80GB HBM3

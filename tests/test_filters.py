@@ -8,9 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from migkit.config import ConfigEntry, load_config
+from migkit.config.filters import DeviceFilter, filters_match
 from migkit.errors import ConfigError
-from migkit.filters import DeviceFilter, effective_specs, filters_match
 from migkit.hardware import gpu_model
+from migkit.planning.coverage import effective_specs
 
 H100 = (0x233010DE, 0x16C010DE)
 A16 = (0x25B610DE, 0x14A910DE)

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from migkit import checkpoint, cli, simulator
 from migkit.config import load_config, select
 from migkit.hardware import gpu_model, gpu_models
-from migkit.node import open_node
+from migkit.nvml.node import open_node
 from strategies import (
     MIG_MODELS,
     SIM_MODELS,

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from migkit.config import MigConfigFile, dump_json, dump_yaml, load_config, parse_config, select
 from migkit.errors import ConfigError
-from migkit.profiles import parse_profile_name
+from migkit.names import parse_profile_name
 from strategies import (
     CONFIG_NAMES,
     TAGS,

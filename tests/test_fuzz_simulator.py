@@ -36,7 +36,9 @@ from hypothesis.stateful import (
 )
 
 from migkit import simulator
-from migkit._nvml import (
+from migkit.errors import NVML_ERROR_NAMES, NvmlError
+from migkit.models import ARCH_HOPPER, GpuState, Placement
+from migkit.nvml._binding import (
     STATUS_NOT_ATTEMPTED,
     STATUS_READ_ONLY,
     ComputeInstanceRef,
@@ -45,9 +47,7 @@ from migkit._nvml import (
     GpuInstanceRequest,
     MigModeRequest,
 )
-from migkit.errors import NVML_ERROR_NAMES, NvmlError
-from migkit.models import ARCH_HOPPER, GpuState, Placement
-from migkit.node import Node, open_node
+from migkit.nvml.node import Node, open_node
 from strategies import SIM_MODELS
 
 KNOWN_STATUSES = frozenset(NVML_ERROR_NAMES) | {STATUS_READ_ONLY, STATUS_NOT_ATTEMPTED}

@@ -11,7 +11,6 @@ import yaml
 
 from migkit.config import load_config, select
 from migkit.errors import MigkitError
-from migkit.filters import effective_specs
 from migkit.generate import (
     GenerateError,
     NoMigCapableGpuError,
@@ -22,7 +21,8 @@ from migkit.generate import (
 )
 from migkit.hardware import gpu_model
 from migkit.models import MIG_DISABLED, GpuModel, GpuState, Placement, Profile
-from migkit.solver import solve
+from migkit.planning.coverage import effective_specs
+from migkit.planning.solver import solve
 
 BASE_CONFIGS = {
     "all-disabled": [{"devices": "all", "mig-enabled": False, "mig-devices": {}}],

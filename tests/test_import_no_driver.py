@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from migkit import _nvml
+from migkit.nvml import _binding as _nvml
 
 _SCRUBBED = ("MIGKIT_NVML_LIBRARY", "MIGKIT_SIM_STATE", "MIGKIT_SIMULATE", "LD_PRELOAD", "LD_LIBRARY_PATH")
 
@@ -93,10 +93,10 @@ def test_importing_every_module_loads_no_library() -> None:
     """Importing migkit and its NVML layers does not open libnvidia-ml (only first use does)."""
     out = _run(
         """
-        import json, migkit, migkit.node, migkit._nvml
+        import json, migkit, migkit.nvml.node, migkit.nvml._binding
         maps = open("/proc/self/maps").read()
         print(json.dumps({"mapped": "libnvidia-ml" in maps or "_nvml_sim" in maps,
-                          "loaded": migkit._nvml.lib.shim_is_loaded()}))
+                          "loaded": migkit.nvml._binding.lib.shim_is_loaded()}))
         """
     )
     assert out == {"mapped": False, "loaded": 0}

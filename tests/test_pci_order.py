@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import migkit
-from migkit import executor, simulator
+from migkit import simulator
+from migkit.apply import executor
 from migkit.cli import main
 
 

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from migkit.config import load_config
 from migkit.errors import ConfigError, InfeasibleError, UnknownProfileError
-from migkit.filters import GpuCoverage
 from migkit.hardware import gpu_model
 from migkit.models import (
     MIG_DISABLED,
@@ -21,7 +20,8 @@ from migkit.models import (
     GpuModel,
     GpuState,
 )
-from migkit.plan import plan_gpu, plan_node, plan_offline, render_plan
+from migkit.planning.coverage import GpuCoverage
+from migkit.planning.plan import plan_gpu, plan_node, plan_offline, render_plan
 from strategies import layout_instances, mig_models, oracle_max_kept, random_layouts
 
 A100 = gpu_model("a100-40gb")

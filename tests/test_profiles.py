@@ -10,15 +10,15 @@ from hypothesis import strategies as st
 
 from migkit.errors import UnknownProfileError
 from migkit.hardware import gpu_model
-from migkit.profiles import (
+from migkit.names import (
     ProfileName,
     canonical_counts,
     canonical_name,
     computed_gb,
     name_from_nvml,
     parse_profile_name,
-    resolve,
 )
+from migkit.planning.profiles import resolve
 from strategies import ci_names, mig_models
 
 

@@ -8,8 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from migkit import _nvml, hardware, simulator
-from migkit._nvml import lib
+from migkit import hardware, simulator
 from migkit.errors import (
     InsufficientResources,
     InUse,
@@ -18,7 +17,9 @@ from migkit.errors import (
     ReadOnlyError,
 )
 from migkit.models import GpuState, Placement
-from migkit.node import (
+from migkit.nvml import _binding as _nvml
+from migkit.nvml._binding import lib
+from migkit.nvml.node import (
     STATUS_NOT_ATTEMPTED,
     ComputeInstanceRef,
     ComputeInstanceRequest,

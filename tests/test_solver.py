@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from migkit.errors import InfeasibleError, UnknownProfileError
 from migkit.hardware import gpu_model
 from migkit.models import ComputeInstance, GpuInstance, GpuModel
-from migkit.solver import Layout, solve
+from migkit.planning.solver import Layout, solve
 from strategies import (
     MIG_MODELS,
     all_gi_requests,

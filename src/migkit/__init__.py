@@ -25,51 +25,51 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
     "ApplyError": "migkit.errors",
-    "canonical_name": "migkit.profiles",
+    "canonical_name": "migkit.names",
     "ComputeInstance": "migkit.models",
     "ComputeProfile": "migkit.models",
     "ConfigEntry": "migkit.config",
     "ConfigError": "migkit.errors",
-    "DeviceFilter": "migkit.filters",
+    "DeviceFilter": "migkit.config.filters",
     "gpu_model": "migkit.hardware",
     "gpu_models": "migkit.hardware",
     "GpuInstance": "migkit.models",
     "GpuModel": "migkit.models",
-    "GpuPlan": "migkit.plan",
+    "GpuPlan": "migkit.planning.plan",
     "GpuState": "migkit.models",
     "InfeasibleError": "migkit.errors",
     "InsufficientResources": "migkit.errors",
     "InUse": "migkit.errors",
-    "Layout": "migkit.solver",
+    "Layout": "migkit.planning.solver",
     "load_config": "migkit.config",
     "MigConfigFile": "migkit.config",
     "MigkitError": "migkit.errors",
-    "Node": "migkit.node",
-    "NodePlan": "migkit.plan",
+    "Node": "migkit.nvml.node",
+    "NodePlan": "migkit.planning.plan",
     "NoPermission": "migkit.errors",
     "NotFound": "migkit.errors",
     "NotSupported": "migkit.errors",
     "NvmlError": "migkit.errors",
     "NvmlLibraryNotFound": "migkit.errors",
-    "open_node": "migkit.node",
-    "parse_profile_name": "migkit.profiles",
-    "PlacedCompute": "migkit.solver",
-    "PlacedInstance": "migkit.solver",
+    "open_node": "migkit.nvml.node",
+    "parse_profile_name": "migkit.names",
+    "PlacedCompute": "migkit.planning.solver",
+    "PlacedInstance": "migkit.planning.solver",
     "Placement": "migkit.models",
-    "plan_node": "migkit.plan",
-    "plan_offline": "migkit.plan",
+    "plan_node": "migkit.planning.plan",
+    "plan_offline": "migkit.planning.plan",
     "Profile": "migkit.models",
-    "ProfileName": "migkit.profiles",
+    "ProfileName": "migkit.names",
     "ReadOnlyError": "migkit.errors",
-    "render_plan": "migkit.plan",
+    "render_plan": "migkit.planning.plan",
     "ResetRequired": "migkit.errors",
     "select": "migkit.config",
     "simulate": "migkit.simulator",
-    "solve": "migkit.solver",
+    "solve": "migkit.planning.solver",
     "UnknownModelError": "migkit.errors",
     "UnknownProfileError": "migkit.errors",
 }
-_SUBMODULES = frozenset({"simulator", "errors", "models", "hardware"})
+_SUBMODULES = frozenset({"simulator", "errors", "models", "hardware", "names"})
 
 __all__ = sorted([*_EXPORTS, "__version__"])
 
@@ -92,6 +92,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from migkit import hardware, models, simulator
     from migkit.config import ConfigEntry, MigConfigFile, load_config, select
+    from migkit.config.filters import DeviceFilter
     from migkit.errors import (
         ApplyError,
         ConfigError,
@@ -109,7 +110,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         UnknownModelError,
         UnknownProfileError,
     )
-    from migkit.filters import DeviceFilter
     from migkit.hardware import gpu_model, gpu_models
     from migkit.models import (
         ComputeInstance,
@@ -120,8 +120,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         Placement,
         Profile,
     )
-    from migkit.node import Node, open_node
-    from migkit.plan import GpuPlan, NodePlan, plan_node, plan_offline, render_plan
-    from migkit.profiles import ProfileName, canonical_name, parse_profile_name
+    from migkit.names import ProfileName, canonical_name, parse_profile_name
+    from migkit.nvml.node import Node, open_node
+    from migkit.planning.plan import GpuPlan, NodePlan, plan_node, plan_offline, render_plan
+    from migkit.planning.solver import Layout, PlacedCompute, PlacedInstance, solve
     from migkit.simulator import simulate
-    from migkit.solver import Layout, PlacedCompute, PlacedInstance, solve

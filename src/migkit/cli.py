@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any, NoReturn, TextIO
 
-    from migkit.node import Node
+    from migkit.nvml.node import Node
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -240,7 +240,7 @@ def _debug(args: argparse.Namespace) -> bool:
 
 def open_node_from_args(args: argparse.Namespace) -> Node:
     """The node the global options select: simulated, a state file, or the real driver."""
-    from migkit.node import open_node
+    from migkit.nvml.node import open_node
 
     spec = getattr(args, "simulate", None) or _env("MIGKIT_SIMULATE")
     state = getattr(args, "sim_state", None) or _env("MIGKIT_SIM_STATE")
@@ -295,7 +295,7 @@ def _strict(args: argparse.Namespace) -> bool:
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
-    from migkit import executor
+    from migkit.apply import executor
 
     config, selected = _load_selected(args)
     options = executor.ApplyOptions(
@@ -318,7 +318,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
 
 def _cmd_assert(args: argparse.Namespace) -> int:
-    from migkit import executor
+    from migkit.apply import executor
 
     config, selected = _load_selected(args)
     valid_only = bool(args.valid_config) or env_bool("MIG_PARTED_VALID_CONFIG")
@@ -391,7 +391,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from migkit import plan as planning
+    from migkit.planning import plan as planning
 
     config, selected = _load_selected(args)
     if args.gpu:
@@ -409,7 +409,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_profiles(args: argparse.Namespace) -> int:
-    from migkit import report
+    from migkit.planning import render as report
 
     if args.gpu:
         from migkit.hardware import gpu_model

@@ -18,8 +18,10 @@ import threading
 from collections.abc import Iterable, Iterator
 from types import TracebackType
 
-from migkit import _nvml
-from migkit._nvml import (
+from migkit.errors import MigkitError
+from migkit.models import GpuState
+from migkit.nvml import _binding as _nvml
+from migkit.nvml._binding import (
     STATUS_NOT_ATTEMPTED,
     STATUS_READ_ONLY,
     ComputeInstanceRef,
@@ -32,8 +34,6 @@ from migkit._nvml import (
     MigModeRequest,
     MigModeResult,
 )
-from migkit.errors import MigkitError
-from migkit.models import GpuState
 
 __all__ = [
     "STATUS_NOT_ATTEMPTED",

@@ -27,9 +27,9 @@ import attrs
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from migkit.config.filters import DeviceFilter
 from migkit.errors import ConfigError
-from migkit.filters import DeviceFilter
-from migkit.profiles import ProfileCounts, parse_profile_name
+from migkit.names import ProfileCounts, parse_profile_name
 
 __all__ = [
     "ConfigEntry",

@@ -45,13 +45,8 @@ import attrs
 
 from migkit.errors import InfeasibleError, UnknownProfileError
 from migkit.models import ComputeProfile, GpuInstance, GpuModel, Placement, Profile
-from migkit.profiles import (
-    ProfileCounts,
-    ProfileName,
-    canonical_counts,
-    parse_profile_name,
-    resolve,
-)
+from migkit.names import ProfileCounts, ProfileName, canonical_counts, parse_profile_name
+from migkit.planning.profiles import resolve
 
 __all__ = [
     "Layout",

@@ -39,8 +39,8 @@ from migkit.models import (
     GpuState,
     Placement,
 )
-from migkit.plan import GpuPlan, plan_node
-from migkit.profiles import ProfileCounts
+from migkit.names import ProfileCounts
+from migkit.planning.plan import GpuPlan, plan_node
 
 # Outcomes reported per GPU.
 UNCHANGED = "unchanged"
@@ -320,7 +320,7 @@ def execute_gpu(node: Any, gpu: GpuState, actions: GpuActions) -> _Journal:
 
 
 def _execute(node: Any, gpu: GpuState, actions: GpuActions, journal: _Journal) -> _Journal:
-    from migkit._nvml import (
+    from migkit.nvml._binding import (
         ComputeInstanceRef,
         ComputeInstanceRequest,
         GpuInstanceRef,
@@ -402,7 +402,7 @@ def rollback_gpu(node: Any, gpu: GpuState, journal: _Journal) -> list[str]:
     """Undo a journal: the GPU's previous instances come back at their previous placements.
 
     Returns the problems met (empty when the previous geometry is back)."""
-    from migkit._nvml import (
+    from migkit.nvml._binding import (
         ComputeInstanceRef,
         ComputeInstanceRequest,
         GpuInstanceRef,
@@ -668,7 +668,7 @@ def _emit(progress: TextIO | None, text: str) -> None:
 
 def _change_mode(node: Any, t: GpuTarget) -> GpuOutcome:
     """Clear (when disabling) and set the MIG mode of one GPU; PENDING when a reset is due."""
-    from migkit._nvml import MigModeRequest
+    from migkit.nvml._binding import MigModeRequest
 
     gpu = t.gpu
     if t.desired_mode == MIG_DISABLED and gpu.mig_enabled and gpu.gpu_instances:
@@ -837,7 +837,7 @@ def verify(
 
 def _refuse_if_read_only(targets: Sequence[GpuTarget]) -> None:
     """Under MIGKIT_READ_ONLY, a change is refused before anything runs (hooks included)."""
-    from migkit._nvml import read_only
+    from migkit.nvml._binding import read_only
 
     changing = [t.gpu.index for t in targets if not matches(t)[0]]
     if changing and read_only():

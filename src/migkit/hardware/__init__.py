@@ -43,7 +43,7 @@ def canonical_from_nvml(nvml_name: str) -> str:
     Names that do not follow the profile grammar are kept as NVML gives them (without the
     ``MIG`` prefix), so that an unexpected driver name is shown rather than lost.
     """
-    from migkit.profiles import name_from_nvml
+    from migkit.names import name_from_nvml
 
     try:
         return name_from_nvml(nvml_name)
@@ -171,7 +171,7 @@ def _model_from_json(data: dict[str, Any]) -> GpuModel:
 @functools.cache
 def _raw_tables() -> dict[str, dict[str, Any]]:
     tables: dict[str, dict[str, Any]] = {}
-    for entry in resources.files("migkit").joinpath("data").iterdir():
+    for entry in resources.files("migkit.hardware").joinpath("data").iterdir():
         if entry.name.endswith(".json"):
             data = json.loads(entry.read_text(encoding="utf-8"))
             tables[data["name"]] = data

@@ -26,11 +26,19 @@ import attrs
 
 from migkit.config import ConfigEntry, MigConfigFile, select
 from migkit.errors import InfeasibleError, UnknownProfileError
-from migkit.filters import Coverage, GpuCoverage, effective_specs
 from migkit.hardware import planning_model
 from migkit.models import ARCH_HOPPER, MIG_ENABLED, GpuInstance, GpuModel, GpuState
-from migkit.profiles import ProfileCounts, canonical_name, resolve
-from migkit.solver import Layout, PlacedCompute, PlacedInstance, in_use_by, slices_phrase, solve
+from migkit.names import ProfileCounts, canonical_name
+from migkit.planning.coverage import Coverage, GpuCoverage, effective_specs
+from migkit.planning.profiles import resolve
+from migkit.planning.solver import (
+    Layout,
+    PlacedCompute,
+    PlacedInstance,
+    in_use_by,
+    slices_phrase,
+    solve,
+)
 
 __all__ = [
     "AddCompute",
