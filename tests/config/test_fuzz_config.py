@@ -8,8 +8,8 @@ that load, which must dump (YAML and JSON) and load back equal.
 The default Hypothesis profile runs a few dozen examples per test. The long profile runs
 10,000 per test, about 9 CPU-minutes for this file and 8 for the CLI fuzzer::
 
-    HYPOTHESIS_PROFILE=long python -m pytest tests/test_fuzz_config.py tests/test_fuzz_cli.py
-    python -m pytest --hypothesis-profile=long tests/test_fuzz_config.py tests/test_fuzz_cli.py
+    HYPOTHESIS_PROFILE=long python -m pytest tests/config/test_fuzz_config.py tests/cli/test_fuzz_cli.py
+    python -m pytest --hypothesis-profile=long tests/config/test_fuzz_config.py tests/cli/test_fuzz_cli.py
 
 Add ``--hypothesis-show-statistics`` to see example counts and outcome events. The
 subprocess simulator fuzzer scales with ``MIGKIT_FUZZ_SEEDS=1,2,...`` and

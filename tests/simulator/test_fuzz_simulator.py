@@ -52,7 +52,7 @@ from strategies import SIM_MODELS
 
 KNOWN_STATUSES = frozenset(NVML_ERROR_NAMES) | {STATUS_READ_ONLY, STATUS_NOT_ATTEMPTED}
 U32 = 2**32 - 1
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 T = TypeVar("T")
 
@@ -463,7 +463,7 @@ def test_random_operation_sequences_never_crash_the_process(tmp_path: object) ->
     sequences = int(os.environ.get("MIGKIT_FUZZ_SEQUENCES", "8"))
     seeds = [int(s) for s in os.environ.get("MIGKIT_FUZZ_SEEDS", "1,2,3").split(",")]
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import test_fuzz_simulator as t\n"
+        "import sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/simulator']; import test_fuzz_simulator as t\n"
         "for seed in sys.argv[4].split(','):\n"
         "    t.fuzz_main(int(seed), int(sys.argv[2]), int(sys.argv[3]), sys.argv[5])\n"
     )
