@@ -20,8 +20,8 @@ import time
 
 import migkit
 from migkit import simulator
-from migkit.apply import executor
 from migkit.config import parse_config
+from migkit.execution import executor
 
 CONFIG = """\
 version: v1

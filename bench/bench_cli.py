@@ -47,7 +47,7 @@ def heavy_modules_on_version() -> list[str]:
         "import sys, runpy; sys.argv=['migkit','--version']\n"
         "try:\n    runpy.run_module('migkit', run_name='__main__')\nexcept SystemExit:\n    pass\n"
         "print('MODULES=' + ','.join(m for m in ('yaml','migkit.planning.solver','migkit.nvml._binding',"
-        "'migkit.apply.executor','attrs') "
+        "'migkit.execution.executor','attrs') "
         "if m in sys.modules))"
     )
     out = subprocess.run(

@@ -18,7 +18,7 @@ from migkit.errors import ConfigError
 from migkit.models import GpuState
 
 if TYPE_CHECKING:
-    from migkit.apply.executor import ApplyReport
+    from migkit.execution.executor import ApplyReport
 
 FORMAT_VERSION = "v1"
 
@@ -122,7 +122,7 @@ def load(text: str, *, file: str | None = None) -> Checkpoint:
 
 
 def restore(node: Any, saved: Checkpoint, **options: Any) -> ApplyReport:
-    """Make the node match the checkpoint at its exact placements (see :mod:`migkit.apply.executor`)."""
-    from migkit.apply import executor
+    """Make the node match the checkpoint at its exact placements (see :mod:`migkit.execution.executor`)."""
+    from migkit.execution import executor
 
     return executor.restore(node, saved, **options)

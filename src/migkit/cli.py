@@ -295,7 +295,7 @@ def _strict(args: argparse.Namespace) -> bool:
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
-    from migkit.apply import executor
+    from migkit.execution import executor
 
     config, selected = _load_selected(args)
     options = executor.ApplyOptions(
@@ -318,7 +318,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
 
 def _cmd_assert(args: argparse.Namespace) -> int:
-    from migkit.apply import executor
+    from migkit.execution import executor
 
     config, selected = _load_selected(args)
     valid_only = bool(args.valid_config) or env_bool("MIG_PARTED_VALID_CONFIG")

@@ -11,8 +11,8 @@ import pytest
 
 import migkit
 from migkit import simulator
-from migkit.apply import executor
 from migkit.cli import main
+from migkit.execution import executor
 
 BALANCED = """\
 version: v1

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import migkit
 from migkit import simulator
-from migkit.apply import executor
 from migkit.cli import main
+from migkit.execution import executor
 
 
 def test_config_indices_follow_pci_order_not_nvml_order(tmp_path: Path) -> None:

@@ -14,9 +14,9 @@ import pytest
 
 import migkit
 from migkit import simulator
-from migkit.apply import executor
 from migkit.cli import main as cli_main
 from migkit.config import load_config
+from migkit.execution import executor
 
 MUTATING = (
     "nvmlDeviceSetMigMode",
