@@ -45,13 +45,15 @@ def memory_kib(pid: int) -> dict[str, int]:
     return out
 
 
-def until_state(core: Any, node: str, want: str, timeout: float = 120.0) -> float:
+def until_success(core: Any, agent: Agent, node: str, runs: int, timeout: float = 120.0) -> float:
+    """When the node shows `success` for the ``runs``-th time (the agent's own count)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if (core.read_node(node).metadata.labels or {}).get(STATE) == want:
+        if (core.read_node(node).metadata.labels or {}).get(STATE) == "success" and agent.metric(
+                'migkit_agent_reconfigurations_total{result="success"}') >= runs:
             return time.monotonic()
         time.sleep(0.01)
-    raise RuntimeError(f"{node} did not reach {want}")
+    raise RuntimeError(f"{node} did not reach success")
 
 
 def run_agent(plane: ControlPlane, core: Any, work: pathlib.Path, latency_ms: float, repeat: int) -> dict[str, Any]:
@@ -73,18 +75,15 @@ def run_agent(plane: ControlPlane, core: Any, work: pathlib.Path, latency_ms: fl
         time.sleep(2.0)  # let the agent settle after its first list: this is the idle figure
         idle = memory_kib(agent.proc.pid)
         seconds = []
+        done = 0
         for _ in range(repeat):
-            t0 = time.monotonic()
-            set_label(core, name, "all-balanced")
-            seconds.append(until_state(core, name, "success") - t0)
-            set_label(core, name, "all-disabled")
-            t1 = time.monotonic()
-            while time.monotonic() - t1 < 120:
-                labels = core.read_node(name).metadata.labels or {}
-                if labels.get(STATE) == "success" and agent.metric(
-                        'migkit_agent_reconfigurations_total{result="success"}') >= 2 * (len(seconds)):
-                    break
-                time.sleep(0.02)
+            for label in ("all-balanced", "all-disabled"):
+                t0 = time.monotonic()
+                set_label(core, name, label)
+                done += 1
+                seconds_taken = until_success(core, agent, name, done) - t0
+                if label == "all-balanced":
+                    seconds.append(seconds_taken)
         peak = memory_kib(agent.proc.pid)
     finally:
         agent.stop()
