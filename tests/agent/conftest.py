@@ -37,7 +37,8 @@ KINDS = {
     "DaemonSet": ("/apis/apps/v1", "daemonsets", True),
 }
 # Applied in this order so that each object's namespace exists first.
-MANIFESTS = ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml", "gpu-clients.yaml", "daemonset.yaml")
+MANIFESTS = ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml", "rbac-drain.yaml", "gpu-clients.yaml",
+             "daemonset.yaml")
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,8 @@ ServiceAccount token of deploy/, so its RBAC is exercised, not assumed."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Any
 
 from agent_kit import (
@@ -15,6 +17,8 @@ from agent_kit import (
     STATE,
     Agent,
     cli_apply,
+    create_pod,
+    delete_pod,
     deploy_values,
     events,
     layout,
@@ -27,6 +31,7 @@ from agent_kit import (
     wait_terminal,
     was_paused,
 )
+from kubernetes import client  # type: ignore[import-untyped]
 
 from migkit import simulator
 
@@ -346,3 +351,65 @@ def test_reboot_path_and_no_second_reboot(
             assert "not rebooting again" in events(core, node.name)[-1][2]
             assert all(mode == 0 for mode, _ in layout(node.state))
         assert agent2.stop() == 0
+
+
+def test_drain_only_when_asked_evicts_through_the_eviction_api(
+    cluster: dict[str, Any], core: Any, make_node: Any, agents: list[Agent]
+) -> None:
+    """With --drain the node is cordoned, user pods are evicted (DaemonSet pods stay) and the
+    node is uncordoned at the end; a PodDisruptionBudget that allows no disruption holds, and
+    the run ends `failed` after the drain timeout, uncordoned, with nothing changed."""
+    node = make_node()
+    rec = node.operator()
+    stop = threading.Event()
+
+    def kubelet() -> None:  # finishes the termination of evicted pods, as a kubelet would
+        while not stop.wait(0.1):
+            with contextlib.suppress(Exception):
+                for pod in core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node.name}").items:
+                    if pod.metadata.deletion_timestamp:
+                        delete_pod(core, pod.metadata.name, pod.metadata.namespace)
+
+    worker = threading.Thread(target=kubelet, daemon=True)
+    worker.start()
+    try:
+        create_pod(core, f"job-{node.name}", node.name, {"app": "training"}, namespace="default")
+        create_pod(core, f"ds-{node.name}", node.name, {"app": "agent"}, namespace="default",
+                   owner={"api_version": "apps/v1", "kind": "DaemonSet", "name": "agent", "uid": "0" * 8})
+        agent = Agent(node.workdir, node.name, cluster["kubeconfig"], node.state, config_file=node.config,
+                      env={"MIGKIT_AGENT_DRAIN": "true", "MIGKIT_AGENT_DRAIN_TIMEOUT": "3"})
+        agents.append(agent.start())
+        mark = rec.mark()
+        set_label(core, node.name, "all-balanced")
+        wait_terminal(rec, mark, want="success")
+        names = {p.metadata.name for p in core.list_namespaced_pod("default",
+                                                                   field_selector=f"spec.nodeName={node.name}").items}
+        assert names == {f"ds-{node.name}"}
+        assert not core.read_node(node.name).spec.unschedulable
+        assert any(r.get("message") == "node cordoned" for r in agent.log_records())
+
+        policy = client.PolicyV1Api(cluster["admin"])
+        policy.create_namespaced_pod_disruption_budget("default", client.V1PodDisruptionBudget(
+            metadata=client.V1ObjectMeta(name=f"guard-{node.name}"),
+            spec=client.V1PodDisruptionBudgetSpec(min_available=1, selector=client.V1LabelSelector(
+                match_labels={"app": f"guarded-{node.name}"}))))
+        create_pod(core, f"guarded-{node.name}", node.name, {"app": f"guarded-{node.name}"}, namespace="default")
+        # the kubelet's part: a Pending pod is evicted regardless of budgets, a Running one is not
+        core.patch_namespaced_pod_status(f"guarded-{node.name}", "default", {"status": {
+            "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})
+        before = mutations(node.state)
+        mark = rec.mark()
+        set_label(core, node.name, "all-3g.40gb")
+        wait_terminal(rec, mark, want="failed")
+        assert "PodDisruptionBudget" in events(core, node.name)[-1][2]
+        core.read_namespaced_pod(f"guarded-{node.name}", "default")  # still there
+        assert not core.read_node(node.name).spec.unschedulable
+        assert deploy_values(node_labels(core, node.name)) == ALL_TRUE
+        assert mutations(node.state) == before
+        assert agent.stop() == 0
+    finally:
+        stop.set()
+        worker.join(5)
+        with contextlib.suppress(Exception):
+            client.PolicyV1Api(cluster["admin"]).delete_namespaced_pod_disruption_budget(
+                f"guard-{node.name}", "default")
