@@ -5,6 +5,7 @@ ServiceAccount token of deploy/, so its RBAC is exercised, not assumed."""
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from typing import Any
 
@@ -12,7 +13,9 @@ from agent_kit import (
     BALANCED_H100,
     CONFIG,
     HANDLED,
+    HERE,
     NAMESPACE,
+    PAUSED,
     RETRY,
     STATE,
     Agent,
@@ -35,6 +38,7 @@ from kubernetes import client  # type: ignore[import-untyped]
 
 from migkit import simulator
 
+HOST = HERE / "fake_host.py"
 ALL_TRUE = {k: "true" for k in (
     "nvidia.com/gpu.deploy.device-plugin", "nvidia.com/gpu.deploy.gpu-feature-discovery",
     "nvidia.com/gpu.deploy.dcgm-exporter", "nvidia.com/gpu.deploy.dcgm", "nvidia.com/gpu.deploy.nvsm")}
@@ -413,3 +417,112 @@ def test_drain_only_when_asked_evicts_through_the_eviction_api(
         with contextlib.suppress(Exception):
             client.PolicyV1Api(cluster["admin"]).delete_namespaced_pod_disruption_budget(
                 f"guard-{node.name}", "default")
+
+
+def test_client_daemonsets_host_services_and_cdi(
+    cluster: dict[str, Any], core: Any, make_node: Any, agents: list[Agent]
+) -> None:
+    """`gpu.deploy.client` is paused when present and its DaemonSet pods are waited for; the CDI
+    command runs after a change. A host service that will not stop: `failed`, the services
+    stopped before it started again, every label restored."""
+    node = make_node(labels={"nvidia.com/gpu.deploy.client": "true"})
+    rec = node.operator()
+    wait_for("the client pod", lambda: core.list_namespaced_pod(
+        "default", field_selector=f"spec.nodeName={node.name}").items)
+    (node.workdir / "clients.yaml").write_text(
+        "version: v1\nsystemd-services: [nvidia-dcgm.service, nvsm.service, dcgm-exporter.service]\n")
+    agent = Agent(node.workdir, node.name, cluster["kubeconfig"], node.state, config_file=node.config, env={
+        "WITH_SHUTDOWN_HOST_GPU_CLIENTS": "true", "GPU_CLIENTS_FILE": str(node.workdir / "clients.yaml"),
+        "CDI_ENABLED": "true", "MIGKIT_AGENT_CDI_COMMAND": f"{sys.executable} {HOST} nvidia-ctk cdi generate"})
+    all_true = {**ALL_TRUE, "nvidia.com/gpu.deploy.client": "true"}
+    agent.set_active_services(["nvidia-dcgm.service", "nvsm.service", "dcgm-exporter.service"])
+    agents.append(agent.start())
+    mark = rec.mark()
+    set_label(core, node.name, "all-balanced")
+    wait_terminal(rec, mark, want="success")
+    assert any(labels.get("nvidia.com/gpu.deploy.client") == PAUSED for labels in rec.labels_seen()[mark:])
+    assert deploy_values(node_labels(core, node.name)) == all_true
+    assert ["nvidia-ctk", "cdi", "generate"] in agent.host_calls()
+
+    (agent.host_dir / "fail.txt").write_text("systemctl stop nvsm.service\n")
+    mark = rec.mark()
+    set_label(core, node.name, "all-3g.40gb")
+    wait_terminal(rec, mark, want="failed")
+    assert "nvsm.service" in events(core, node.name)[-1][2]
+    assert agent.active_services() == ["dcgm-exporter.service", "nvidia-dcgm.service", "nvsm.service"]
+    calls = [" ".join(c) for c in agent.host_calls()]
+    assert calls[-1] == "systemctl start nvidia-dcgm.service"  # the one stopped before the failure
+    assert deploy_values(node_labels(core, node.name)) == all_true
+    assert layout(node.state) == [(1, BALANCED_H100)] * 8
+    assert agent.stop() == 0
+
+
+REBOOTING_DENIED = """\
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: deny-rebooting-NODE}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - {apiGroups: [""], apiVersions: ["v1"], operations: ["UPDATE"], resources: ["nodes"]}
+  matchConditions:
+  - {name: this-node, expression: "object.metadata.name == 'NODE'"}
+  validations:
+  - expression: >-
+      !has(object.metadata.labels) ||
+      object.metadata.labels[?'nvidia.com/mig.config.state'].orValue('') != 'rebooting'
+    message: "rebooting is not allowed here"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: deny-rebooting-NODE}
+spec:
+  policyName: deny-rebooting-NODE
+  validationActions: [Deny]
+"""
+
+
+def test_a_rebooting_state_that_cannot_be_written_means_no_reboot(
+    cluster: dict[str, Any], control_plane: Any, core: Any, make_node: Any, agents: list[Agent]
+) -> None:
+    """If the API server refuses the `rebooting` label, the agent never reboots: `failed`,
+    labels restored. (A ValidatingAdmissionPolicy refuses that one write.)"""
+    import yaml
+
+    from conftest import server_side_apply
+
+    node = make_node(spec="2xa100-80gb")
+    docs = [d for d in yaml.safe_load_all(REBOOTING_DENIED.replace("NODE", node.name))]
+    for doc in docs:
+        server_side_apply(control_plane, doc, dry_run=False)
+    try:
+        rec = node.operator()
+        agent = Agent(node.workdir, node.name, cluster["kubeconfig"], node.state, config_file=node.config,
+                      env={"WITH_REBOOT": "true", "MIGKIT_AGENT_SKIP_RESET": "true"})
+        agents.append(agent.start())
+        mark = rec.mark()
+        # the policy takes effect once the API server has loaded it: wait until it refuses
+        wait_for("the policy", lambda: _refused(core, node.name), timeout=30, interval=0.3)
+        set_label(core, node.name, "all-balanced")
+        wait_terminal(rec, mark, want="failed")
+        assert "rebooting" in events(core, node.name)[-1][2]
+        assert ["reboot"] not in agent.host_calls()
+        assert deploy_values(node_labels(core, node.name)) == ALL_TRUE
+        assert agent.stop() == 0
+    finally:
+        admission = client.AdmissionregistrationV1Api(cluster["admin"])
+        with contextlib.suppress(Exception):
+            admission.delete_validating_admission_policy_binding(f"deny-rebooting-{node.name}")
+        with contextlib.suppress(Exception):
+            admission.delete_validating_admission_policy(f"deny-rebooting-{node.name}")
+
+
+def _refused(core: Any, node: str) -> bool:
+    from kubernetes.client.rest import ApiException  # type: ignore[import-untyped]
+
+    try:
+        core.patch_node(node, {"metadata": {"labels": {STATE: "rebooting"}}}, dry_run="All")
+    except ApiException as err:
+        return bool(err.status in (400, 403, 422))
+    return False
