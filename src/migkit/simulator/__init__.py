@@ -1,6 +1,6 @@
 """migkit's NVML simulator: simulated nodes for tests, demos and tool builders.
 
-The simulator itself is C (``src/_nvml_sim.c``), compiled into the package as a shared
+The simulator itself is C (``src/_nvml_sim/``), compiled into the package as a shared
 library that exports the NVML symbols, so the shim — or NVIDIA's own ``nvidia-ml-py`` —
 drives it exactly as it would drive ``libnvidia-ml.so.1``. The simulated node lives in a
 human-readable state file (``MIGKIT_SIM_STATE``; format in ``docs/simulator-state-format.md``) that this
