@@ -630,9 +630,11 @@ SIM_EXPORT enum sim_rc nvmlDeviceGetMigDeviceHandleByIndex(sim_device_t device,
     enum sim_rc rc = read_begin();
     if (rc != RC_SUCCESS)
         return rc;
-    rc = mig_enabled_gpu(device, &gpu);
+    rc = mig_gpu(device, &gpu);
     if (rc != RC_SUCCESS)
         return read_end(rc);
+    if (gpu->mode == 0) /* no MIG device while MIG is disabled (observed on 580.159.04) */
+        return read_end(RC_NOT_FOUND);
     if (index >= gpu->max_mig)
         return read_end(RC_INVALID_ARGUMENT);
     unsigned int n = 0;

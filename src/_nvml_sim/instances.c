@@ -15,12 +15,15 @@ static enum sim_rc gip_by_index(sim_device_t device, unsigned int index, struct 
     return RC_SUCCESS;
 }
 
-static enum sim_rc gip_by_id(sim_device_t device, unsigned int id, struct sim_gip **gip)
+/* An unknown profile ID: `unknown_rc` (profile info by ID answers INVALID_ARGUMENT, observed
+ * on 580.159.04; the placements call keeps NOT_SUPPORTED, which no capture contradicts). */
+static enum sim_rc gip_by_id(sim_device_t device, unsigned int id, struct sim_gip **gip,
+                             enum sim_rc unknown_rc)
 {
     struct sim_gpu *gpu;
     enum sim_rc rc = mig_gpu(device, &gpu);
     if (rc == RC_SUCCESS && (*gip = find_gip_by_id(gpu, id)) == NULL)
-        rc = RC_NOT_SUPPORTED;
+        rc = unknown_rc;
     return rc;
 }
 
@@ -45,7 +48,8 @@ static void fill_gip_v1(const struct sim_gip *gip, struct sim_gip_info_v1 *info)
     info->p2p = gip->p2p;
 }
 
-/* v2 or v3, as the caller's version word says; anything else is INVALID_ARGUMENT. */
+/* v2 or v3, as the caller's version word says; anything else is INVALID_ARGUMENT. The
+ * driver hands the struct back with the version word cleared (observed on 580.159.04). */
 static enum sim_rc fill_gip_versioned(const struct sim_gip *gip, void *out)
 {
     unsigned int version;
@@ -53,7 +57,6 @@ static enum sim_rc fill_gip_versioned(const struct sim_gip *gip, void *out)
     if (version == GIP_INFO_V2) {
         struct sim_gip_info_v2 *info = out;
         memset(info, 0, sizeof *info);
-        info->version = version;
         FILL_GIP_FIELDS(info, gip);
         info->p2p = gip->p2p;
         copy_string(info->name, sizeof info->name, gip->name);
@@ -62,7 +65,6 @@ static enum sim_rc fill_gip_versioned(const struct sim_gip *gip, void *out)
     if (version == GIP_INFO_V3) {
         struct sim_gip_info_v3 *info = out;
         memset(info, 0, sizeof *info);
-        info->version = version;
         FILL_GIP_FIELDS(info, gip);
         copy_string(info->name, sizeof info->name, gip->name);
         info->caps = gip->caps;
@@ -115,7 +117,7 @@ SIM_EXPORT enum sim_rc nvmlDeviceGetGpuInstanceProfileInfoByIdV(sim_device_t dev
     enum sim_rc rc = read_begin();
     if (rc != RC_SUCCESS)
         return rc;
-    rc = gip_by_id(device, profile_id, &gip);
+    rc = gip_by_id(device, profile_id, &gip, RC_INVALID_ARGUMENT);
     if (rc == RC_SUCCESS)
         rc = fill_gip_versioned(gip, info);
     return read_end(rc);
@@ -154,7 +156,7 @@ static enum sim_rc gi_placements(sim_device_t device, unsigned int profile_id,
     enum sim_rc rc = read_begin();
     if (rc != RC_SUCCESS)
         return rc;
-    rc = gip_by_id(device, profile_id, &gip);
+    rc = gip_by_id(device, profile_id, &gip, RC_NOT_SUPPORTED);
     if (rc == RC_SUCCESS)
         rc = copy_placements(gip->placements, gip->nplacements, placements, count);
     return read_end(rc);
@@ -234,7 +236,9 @@ SIM_EXPORT enum sim_rc nvmlDeviceGetGpuInstanceRemainingCapacity(sim_device_t de
     enum sim_rc rc = read_begin();
     if (rc != RC_SUCCESS)
         return rc;
-    rc = mig_enabled_gpu(device, &gpu);
+    /* With MIG disabled the driver answers too: no GI exists, so the full instance count
+     * (observed on 580.159.04). */
+    rc = mig_gpu(device, &gpu);
     if (rc == RC_SUCCESS) {
         const struct sim_gip *gip = find_gip_by_id(gpu, profile_id);
         if (gip == NULL)
@@ -379,7 +383,8 @@ SIM_EXPORT enum sim_rc nvmlDeviceGetGpuInstances(sim_device_t device, unsigned i
     enum sim_rc rc = read_begin();
     if (rc != RC_SUCCESS)
         return rc;
-    rc = mig_enabled_gpu(device, &gpu);
+    /* With MIG disabled: SUCCESS and no instance (observed on 580.159.04). */
+    rc = mig_gpu(device, &gpu);
     if (rc == RC_SUCCESS) {
         const struct sim_gip *gip = find_gip_by_id(gpu, profile_id);
         if (gip == NULL) {

@@ -88,8 +88,10 @@ enum sim_rc {
 /* ------------------------------------------------------------------ documented limits */
 
 #define MAX_GPUS 64
-#define GIP_INDEX_COUNT 0x12 /* NVML_GPU_INSTANCE_PROFILE_* indices 0x0 .. 0x11 (nvml.h) */
-#define MAX_GIPS GIP_INDEX_COUNT
+/* GI profile indices 0x0 .. 0x10. Newer headers define 0x11 (3_SLICE_GFX), but the R580
+ * driver answers INVALID_ARGUMENT from 0x11 on (observed on 580.159.04, H100 and H200). */
+#define GIP_INDEX_COUNT 0x11
+#define MAX_GIPS 0x12 /* room for every index nvml.h defines */
 #define CIP_INDEX_COUNT 0x9 /* NVML_COMPUTE_INSTANCE_PROFILE_* indices 0x0 .. 0x8 (nvml.h) */
 #define MAX_CIPS CIP_INDEX_COUNT
 #define MAX_PLACEMENTS 16
