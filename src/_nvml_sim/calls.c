@@ -68,7 +68,6 @@ struct sim_fault {
 static struct sim_fault g_faults[MAX_FAULTS];
 static uint32_t g_nfaults;
 static uint8_t g_fault_fn[FN_COUNT]; /* whether any fault names this function */
-static struct timespec g_latency;    /* slept before each mutating call */
 static int g_debug;
 
 void sim_debug(const char *fmt, ...)
@@ -147,32 +146,6 @@ static int parse_faults(const char *spec)
     return 0;
 }
 
-static int parse_latency(const char *s)
-{
-    g_latency.tv_sec = 0;
-    g_latency.tv_nsec = 0;
-    if (s == NULL || *s == '\0')
-        return 0;
-    char *endp;
-    errno = 0;
-    double ms = strtod(s, &endp);
-    if (errno != 0 || *endp != '\0' || !(ms >= 0.0) || ms > 3600e3)
-        return -1;
-    long long ns = (long long)(ms * 1e6);
-    g_latency.tv_sec = (time_t)(ns / 1000000000LL);
-    g_latency.tv_nsec = (long)(ns % 1000000000LL);
-    return 0;
-}
-
-static void sleep_latency(void)
-{
-    struct timespec left = g_latency;
-    if (left.tv_sec == 0 && left.tv_nsec == 0)
-        return;
-    while (nanosleep(&left, &left) != 0 && errno == EINTR)
-        ;
-}
-
 /* ------------------------------------------------------------------ entering a call */
 
 static void lock_state(void)
@@ -206,19 +179,20 @@ static enum sim_rc count_call(enum sim_fn fn)
     return RC_SUCCESS;
 }
 
-enum sim_rc enter(enum sim_fn fn)
+/* Every call first takes its time (latency.c), holding no state lock, then is counted. */
+enum sim_rc enter(enum sim_fn fn, const void *handle)
 {
     if (!initialized())
         return RC_UNINITIALIZED;
+    latency_charge(fn, handle, 0);
     return count_call(fn);
 }
 
-/* Mutating calls sleep MIGKIT_SIM_LATENCY_MS first, holding no lock, so threads overlap. */
-enum sim_rc enter_mutating(enum sim_fn fn)
+enum sim_rc enter_mutating(enum sim_fn fn, const void *handle)
 {
     if (!initialized())
         return RC_UNINITIALIZED;
-    sleep_latency();
+    latency_charge(fn, handle, 1);
     return count_call(fn);
 }
 
@@ -229,7 +203,9 @@ static void merge_counts(void)
 {
     for (int fn = 0; fn < FN_COUNT; fn++) {
         uint64_t n = __atomic_exchange_n(&g_unflushed[fn], 0, __ATOMIC_RELAXED);
-        if (n && add_call_count(g_cur, g_fn_names[fn], strlen(g_fn_names[fn]), n) != 0)
+        uint64_t ns = latency_take_charged((enum sim_fn)fn);
+        if ((n || ns) &&
+            add_call_totals(g_cur, g_fn_names[fn], strlen(g_fn_names[fn]), n, ns) != 0)
             sim_debug("call table full; dropping %s", g_fn_names[fn]);
     }
 }
@@ -239,7 +215,7 @@ static int have_unflushed(void)
     for (int fn = 0; fn < FN_COUNT; fn++)
         if (__atomic_load_n(&g_unflushed[fn], __ATOMIC_RELAXED))
             return 1;
-    return 0;
+    return latency_have_charged();
 }
 
 /* Shutdown / exit: merge pending counts into the file, if the node still exists. */
@@ -325,10 +301,8 @@ static enum sim_rc open_node(void)
         sim_debug("bad MIGKIT_SIM_FAULTS");
         return RC_UNKNOWN;
     }
-    if (parse_latency(getenv("MIGKIT_SIM_LATENCY_MS")) != 0) {
-        sim_debug("bad MIGKIT_SIM_LATENCY_MS");
+    if (latency_configure() != 0)
         return RC_UNKNOWN;
-    }
     if (state_file_open(path) != 0)
         return RC_DRIVER_NOT_LOADED;
     init_gpu_handles();
@@ -338,6 +312,7 @@ static enum sim_rc open_node(void)
 
 static enum sim_rc init_common(enum sim_fn fn)
 {
+    uint64_t cost = 0;
     lock_state();
     if (g_init_count == 0) {
         enum sim_rc rc = open_node();
@@ -347,9 +322,13 @@ static enum sim_rc init_common(enum sim_fn fn)
         }
     }
     enum sim_rc rc = count_call(fn);
-    if (rc == RC_SUCCESS)
+    if (rc == RC_SUCCESS) {
+        if (g_init_count == 0)
+            cost = latency_lifecycle_cost(fn);
         __atomic_store_n(&g_init_count, g_init_count + 1, __ATOMIC_RELEASE);
+    }
     unlock_state();
+    latency_settle(fn, cost); /* the driver's own start-up, once NVML is open */
     return rc;
 }
 
@@ -379,8 +358,10 @@ SIM_EXPORT enum sim_rc nvmlShutdown(void)
     enum sim_rc rc = count_call(FN_nvmlShutdown);
     if (rc == RC_SUCCESS) {
         __atomic_store_n(&g_init_count, g_init_count - 1, __ATOMIC_RELEASE);
-        if (g_init_count == 0)
+        if (g_init_count == 0) {
+            latency_settle(FN_nvmlShutdown, latency_lifecycle_cost(FN_nvmlShutdown));
             flush_counts();
+        }
     }
     unlock_state();
     return rc;
@@ -400,6 +381,7 @@ static void atfork_parent(void)
 static void atfork_child(void)
 {
     memset(g_unflushed, 0, sizeof g_unflushed);
+    latency_forget_charged();
     close_lock_file();
     unlock_state();
 }

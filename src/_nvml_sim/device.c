@@ -258,19 +258,19 @@ static enum sim_rc pci_info(sim_device_t device, struct sim_pci_info *pci)
 
 SIM_EXPORT enum sim_rc nvmlDeviceGetPciInfo(sim_device_t device, struct sim_pci_info *pci)
 {
-    ENTER(nvmlDeviceGetPciInfo);
+    ENTER_ON(nvmlDeviceGetPciInfo, device);
     return pci_info(device, pci);
 }
 
 SIM_EXPORT enum sim_rc nvmlDeviceGetPciInfo_v2(sim_device_t device, struct sim_pci_info *pci)
 {
-    ENTER(nvmlDeviceGetPciInfo_v2);
+    ENTER_ON(nvmlDeviceGetPciInfo_v2, device);
     return pci_info(device, pci);
 }
 
 SIM_EXPORT enum sim_rc nvmlDeviceGetPciInfo_v3(sim_device_t device, struct sim_pci_info *pci)
 {
-    ENTER(nvmlDeviceGetPciInfo_v3);
+    ENTER_ON(nvmlDeviceGetPciInfo_v3, device);
     return pci_info(device, pci);
 }
 
@@ -313,13 +313,13 @@ static enum sim_rc device_number(sim_device_t device, unsigned int *out,
 
 SIM_EXPORT enum sim_rc nvmlDeviceGetMinorNumber(sim_device_t device, unsigned int *minor)
 {
-    ENTER(nvmlDeviceGetMinorNumber);
+    ENTER_ON(nvmlDeviceGetMinorNumber, device);
     return device_number(device, minor, NUM_MINOR);
 }
 
 SIM_EXPORT enum sim_rc nvmlDeviceGetIndex(sim_device_t device, unsigned int *index)
 {
-    ENTER(nvmlDeviceGetIndex);
+    ENTER_ON(nvmlDeviceGetIndex, device);
     return device_number(device, index, NUM_INDEX);
 }
 
@@ -339,7 +339,7 @@ SIM_EXPORT enum sim_rc nvmlDeviceGetName(sim_device_t device, char *name, unsign
     struct sim_gpu *gpu;
     struct mig_ref mig;
     char text[2 * NAME_LEN];
-    ENTER(nvmlDeviceGetName);
+    ENTER_ON(nvmlDeviceGetName, device);
     if (name == NULL)
         return RC_INVALID_ARGUMENT;
     enum sim_rc rc = read_begin();
@@ -360,7 +360,7 @@ SIM_EXPORT enum sim_rc nvmlDeviceGetUUID(sim_device_t device, char *uuid, unsign
 {
     struct sim_gpu *gpu;
     struct mig_ref mig;
-    ENTER(nvmlDeviceGetUUID);
+    ENTER_ON(nvmlDeviceGetUUID, device);
     if (uuid == NULL)
         return RC_INVALID_ARGUMENT;
     enum sim_rc rc = read_begin();
@@ -380,7 +380,7 @@ SIM_EXPORT enum sim_rc nvmlDeviceGetArchitecture(sim_device_t device, unsigned i
 {
     struct sim_gpu *gpu;
     struct mig_ref mig;
-    ENTER(nvmlDeviceGetArchitecture);
+    ENTER_ON(nvmlDeviceGetArchitecture, device);
     if (arch == NULL)
         return RC_INVALID_ARGUMENT;
     enum sim_rc rc = read_begin();
@@ -412,7 +412,7 @@ static enum sim_rc memory_total(sim_device_t device, unsigned long long *total)
 SIM_EXPORT enum sim_rc nvmlDeviceGetMemoryInfo(sim_device_t device, struct sim_memory_v1 *memory)
 {
     unsigned long long total = 0;
-    ENTER(nvmlDeviceGetMemoryInfo);
+    ENTER_ON(nvmlDeviceGetMemoryInfo, device);
     if (memory == NULL)
         return RC_INVALID_ARGUMENT;
     enum sim_rc rc = read_begin();
@@ -431,7 +431,7 @@ SIM_EXPORT enum sim_rc nvmlDeviceGetMemoryInfo_v2(sim_device_t device,
                                                   struct sim_memory_v2 *memory)
 {
     unsigned long long total = 0;
-    ENTER(nvmlDeviceGetMemoryInfo_v2);
+    ENTER_ON(nvmlDeviceGetMemoryInfo_v2, device);
     if (memory == NULL || memory->version != MEMORY_V2)
         return RC_INVALID_ARGUMENT;
     enum sim_rc rc = read_begin();
@@ -482,14 +482,14 @@ static enum sim_rc attributes(sim_device_t device, struct sim_attributes *attr)
 
 SIM_EXPORT enum sim_rc nvmlDeviceGetAttributes(sim_device_t device, struct sim_attributes *attr)
 {
-    ENTER(nvmlDeviceGetAttributes);
+    ENTER_ON(nvmlDeviceGetAttributes, device);
     return attributes(device, attr);
 }
 
 SIM_EXPORT enum sim_rc nvmlDeviceGetAttributes_v2(sim_device_t device,
                                                   struct sim_attributes *attr)
 {
-    ENTER(nvmlDeviceGetAttributes_v2);
+    ENTER_ON(nvmlDeviceGetAttributes_v2, device);
     return attributes(device, attr);
 }
 
@@ -531,7 +531,7 @@ SIM_EXPORT enum sim_rc nvmlDeviceSetMigMode(sim_device_t device, unsigned int mo
                                             enum sim_rc *activation_status)
 {
     struct sim_gpu *gpu;
-    ENTER_MUTATING(nvmlDeviceSetMigMode);
+    ENTER_MUTATING(nvmlDeviceSetMigMode, device);
     if (activation_status == NULL || mode > 1)
         return RC_INVALID_ARGUMENT;
     enum sim_rc rc = write_begin();
@@ -556,7 +556,7 @@ SIM_EXPORT enum sim_rc nvmlDeviceGetMigMode(sim_device_t device, unsigned int *c
                                             unsigned int *pending)
 {
     struct sim_gpu *gpu;
-    ENTER(nvmlDeviceGetMigMode);
+    ENTER_ON(nvmlDeviceGetMigMode, device);
     if (current == NULL || pending == NULL)
         return RC_INVALID_ARGUMENT;
     enum sim_rc rc = read_begin();
@@ -577,7 +577,7 @@ SIM_EXPORT enum sim_rc nvmlDeviceIsMigDeviceHandle(sim_device_t device, unsigned
 {
     struct sim_gpu *gpu;
     struct mig_ref mig;
-    ENTER(nvmlDeviceIsMigDeviceHandle);
+    ENTER_ON(nvmlDeviceIsMigDeviceHandle, device);
     if (is_mig == NULL)
         return RC_INVALID_ARGUMENT;
     enum sim_rc rc = read_begin();
@@ -592,20 +592,20 @@ SIM_EXPORT enum sim_rc nvmlDeviceIsMigDeviceHandle(sim_device_t device, unsigned
 
 SIM_EXPORT enum sim_rc nvmlDeviceGetGpuInstanceId(sim_device_t device, unsigned int *id)
 {
-    ENTER(nvmlDeviceGetGpuInstanceId);
+    ENTER_ON(nvmlDeviceGetGpuInstanceId, device);
     return device_number(device, id, NUM_GI_ID);
 }
 
 SIM_EXPORT enum sim_rc nvmlDeviceGetComputeInstanceId(sim_device_t device, unsigned int *id)
 {
-    ENTER(nvmlDeviceGetComputeInstanceId);
+    ENTER_ON(nvmlDeviceGetComputeInstanceId, device);
     return device_number(device, id, NUM_CI_ID);
 }
 
 /* SUCCESS with 0 when MIG is unsupported or off, as the driver answers. */
 SIM_EXPORT enum sim_rc nvmlDeviceGetMaxMigDeviceCount(sim_device_t device, unsigned int *count)
 {
-    ENTER(nvmlDeviceGetMaxMigDeviceCount);
+    ENTER_ON(nvmlDeviceGetMaxMigDeviceCount, device);
     if (count == NULL)
         return RC_INVALID_ARGUMENT;
     enum sim_rc rc = read_begin();
@@ -624,7 +624,7 @@ SIM_EXPORT enum sim_rc nvmlDeviceGetMigDeviceHandleByIndex(sim_device_t device,
                                                            sim_device_t *mig_device)
 {
     struct sim_gpu *gpu;
-    ENTER(nvmlDeviceGetMigDeviceHandleByIndex);
+    ENTER_ON(nvmlDeviceGetMigDeviceHandleByIndex, device);
     if (mig_device == NULL)
         return RC_INVALID_ARGUMENT;
     enum sim_rc rc = read_begin();
@@ -657,7 +657,7 @@ SIM_EXPORT enum sim_rc nvmlDeviceGetDeviceHandleFromMigDeviceHandle(sim_device_t
 {
     struct sim_gpu *gpu;
     struct mig_ref mig;
-    ENTER(nvmlDeviceGetDeviceHandleFromMigDeviceHandle);
+    ENTER_ON(nvmlDeviceGetDeviceHandleFromMigDeviceHandle, mig_device);
     if (device == NULL)
         return RC_INVALID_ARGUMENT;
     enum sim_rc rc = read_begin();
@@ -768,7 +768,7 @@ SIM_EXPORT enum sim_rc nvmlDeviceGetComputeRunningProcesses(sim_device_t device,
                                                             unsigned int *count,
                                                             struct sim_process_info_v1 *infos)
 {
-    ENTER(nvmlDeviceGetComputeRunningProcesses);
+    ENTER_ON(nvmlDeviceGetComputeRunningProcesses, device);
     return running_processes(device, count, infos, 0);
 }
 
@@ -776,7 +776,7 @@ SIM_EXPORT enum sim_rc nvmlDeviceGetComputeRunningProcesses_v2(sim_device_t devi
                                                                unsigned int *count,
                                                                struct sim_process_info_v2 *infos)
 {
-    ENTER(nvmlDeviceGetComputeRunningProcesses_v2);
+    ENTER_ON(nvmlDeviceGetComputeRunningProcesses_v2, device);
     return running_processes(device, count, infos, 1);
 }
 
@@ -784,6 +784,6 @@ SIM_EXPORT enum sim_rc nvmlDeviceGetComputeRunningProcesses_v3(sim_device_t devi
                                                                unsigned int *count,
                                                                struct sim_process_info_v2 *infos)
 {
-    ENTER(nvmlDeviceGetComputeRunningProcesses_v3);
+    ENTER_ON(nvmlDeviceGetComputeRunningProcesses_v3, device);
     return running_processes(device, count, infos, 1);
 }

@@ -19,6 +19,27 @@ void init_gpu_handles(void)
     }
 }
 
+static long slot_of(const void *p, const void *table, size_t size, size_t count);
+
+/*
+ * The GPU a device, MIG device, GI or CI handle belongs to, or -1; no state lock needed (the
+ * slots' GPU numbers are stored atomically), so the latency model can serialize per GPU
+ * before the call takes the state lock. A stale handle may name its old GPU: harmless there.
+ */
+int gpu_index_of_handle(const void *handle)
+{
+    long i;
+    if ((i = slot_of(handle, g_gpu_handles, sizeof g_gpu_handles[0], MAX_GPUS)) >= 0)
+        return (int)i;
+    if ((i = slot_of(handle, g_mig_handles, sizeof g_mig_handles[0], CI_SLOTS)) >= 0)
+        return (int)(__atomic_load_n(&g_mig_handles[i].gpu, __ATOMIC_RELAXED) % MAX_GPUS);
+    if ((i = slot_of(handle, g_gi_slots, sizeof g_gi_slots[0], GI_SLOTS)) >= 0)
+        return (int)(__atomic_load_n(&g_gi_slots[i].gpu, __ATOMIC_RELAXED) % MAX_GPUS);
+    if ((i = slot_of(handle, g_ci_slots, sizeof g_ci_slots[0], CI_SLOTS)) >= 0)
+        return (int)(__atomic_load_n(&g_ci_slots[i].gpu, __ATOMIC_RELAXED) % MAX_GPUS);
+    return -1;
+}
+
 /* ------------------------------------------------------------------ MIG UUIDs */
 
 static uint64_t mix64(uint64_t k) /* MurmurHash3's 64-bit finalizer */
@@ -71,7 +92,7 @@ void bind_gi(uint32_t gpu, uint32_t id, struct sim_gi *gi)
         uint32_t i = (g_gi_cursor + n) % GI_SLOTS;
         if (g_gi_slots[i].uid == 0) {
             g_gi_slots[i].uid = gi->uid;
-            g_gi_slots[i].gpu = gpu;
+            __atomic_store_n(&g_gi_slots[i].gpu, gpu, __ATOMIC_RELAXED);
             g_gi_slots[i].id = id;
             gi->slot = i;
             g_gi_cursor = (i + 1) % GI_SLOTS;
@@ -89,11 +110,11 @@ void bind_ci(const struct sim_gpu *g, uint32_t gi_id, uint32_t id, struct sim_ci
         uint32_t i = (g_ci_cursor + n) % CI_SLOTS;
         if (g_ci_slots[i].uid == 0) {
             g_ci_slots[i].uid = ci->uid;
-            g_ci_slots[i].gpu = g->index;
+            __atomic_store_n(&g_ci_slots[i].gpu, g->index, __ATOMIC_RELAXED);
             g_ci_slots[i].gi = gi_id;
             g_ci_slots[i].id = id;
             g_mig_handles[i].magic = DEVICE_MAGIC;
-            g_mig_handles[i].gpu = g->index;
+            __atomic_store_n(&g_mig_handles[i].gpu, g->index, __ATOMIC_RELAXED);
             ci->slot = i;
             g_ci_cursor = (i + 1) % CI_SLOTS;
             return;

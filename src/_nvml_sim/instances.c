@@ -78,7 +78,7 @@ SIM_EXPORT enum sim_rc nvmlDeviceGetGpuInstanceProfileInfo(sim_device_t device,
                                                            struct sim_gip_info_v1 *info)
 {
     struct sim_gip *gip;
-    ENTER(nvmlDeviceGetGpuInstanceProfileInfo);
+    ENTER_ON(nvmlDeviceGetGpuInstanceProfileInfo, device);
     if (info == NULL)
         return RC_INVALID_ARGUMENT;
     enum sim_rc rc = read_begin();
@@ -87,14 +87,16 @@ SIM_EXPORT enum sim_rc nvmlDeviceGetGpuInstanceProfileInfo(sim_device_t device,
     rc = gip_by_index(device, profile, &gip);
     if (rc == RC_SUCCESS)
         fill_gip_v1(gip, info);
-    return read_end(rc);
+    rc = read_end(rc);
+    latency_charge_profile_info(FN_nvmlDeviceGetGpuInstanceProfileInfo, device, rc);
+    return rc;
 }
 
 SIM_EXPORT enum sim_rc nvmlDeviceGetGpuInstanceProfileInfoV(sim_device_t device,
                                                             unsigned int profile, void *info)
 {
     struct sim_gip *gip;
-    ENTER(nvmlDeviceGetGpuInstanceProfileInfoV);
+    ENTER_ON(nvmlDeviceGetGpuInstanceProfileInfoV, device);
     if (info == NULL)
         return RC_INVALID_ARGUMENT;
     enum sim_rc rc = read_begin();
@@ -103,7 +105,9 @@ SIM_EXPORT enum sim_rc nvmlDeviceGetGpuInstanceProfileInfoV(sim_device_t device,
     rc = gip_by_index(device, profile, &gip);
     if (rc == RC_SUCCESS)
         rc = fill_gip_versioned(gip, info);
-    return read_end(rc);
+    rc = read_end(rc);
+    latency_charge_profile_info(FN_nvmlDeviceGetGpuInstanceProfileInfoV, device, rc);
+    return rc;
 }
 
 SIM_EXPORT enum sim_rc nvmlDeviceGetGpuInstanceProfileInfoByIdV(sim_device_t device,
@@ -111,7 +115,7 @@ SIM_EXPORT enum sim_rc nvmlDeviceGetGpuInstanceProfileInfoByIdV(sim_device_t dev
                                                                 void *info)
 {
     struct sim_gip *gip;
-    ENTER(nvmlDeviceGetGpuInstanceProfileInfoByIdV);
+    ENTER_ON(nvmlDeviceGetGpuInstanceProfileInfoByIdV, device);
     if (info == NULL)
         return RC_INVALID_ARGUMENT;
     enum sim_rc rc = read_begin();
@@ -120,7 +124,9 @@ SIM_EXPORT enum sim_rc nvmlDeviceGetGpuInstanceProfileInfoByIdV(sim_device_t dev
     rc = gip_by_id(device, profile_id, &gip, RC_INVALID_ARGUMENT);
     if (rc == RC_SUCCESS)
         rc = fill_gip_versioned(gip, info);
-    return read_end(rc);
+    rc = read_end(rc);
+    latency_charge_profile_info(FN_nvmlDeviceGetGpuInstanceProfileInfoByIdV, device, rc);
+    return rc;
 }
 
 /*
@@ -166,7 +172,7 @@ SIM_EXPORT enum sim_rc nvmlDeviceGetGpuInstancePossiblePlacements(
     sim_device_t device, unsigned int profile_id, struct sim_placement *placements,
     unsigned int *count)
 {
-    ENTER(nvmlDeviceGetGpuInstancePossiblePlacements);
+    ENTER_ON(nvmlDeviceGetGpuInstancePossiblePlacements, device);
     return gi_placements(device, profile_id, placements, count);
 }
 
@@ -174,7 +180,7 @@ SIM_EXPORT enum sim_rc nvmlDeviceGetGpuInstancePossiblePlacements_v2(
     sim_device_t device, unsigned int profile_id, struct sim_placement *placements,
     unsigned int *count)
 {
-    ENTER(nvmlDeviceGetGpuInstancePossiblePlacements_v2);
+    ENTER_ON(nvmlDeviceGetGpuInstancePossiblePlacements_v2, device);
     return gi_placements(device, profile_id, placements, count);
 }
 
@@ -230,7 +236,7 @@ SIM_EXPORT enum sim_rc nvmlDeviceGetGpuInstanceRemainingCapacity(sim_device_t de
                                                                  unsigned int *count)
 {
     struct sim_gpu *gpu;
-    ENTER(nvmlDeviceGetGpuInstanceRemainingCapacity);
+    ENTER_ON(nvmlDeviceGetGpuInstanceRemainingCapacity, device);
     if (count == NULL)
         return RC_INVALID_ARGUMENT;
     enum sim_rc rc = read_begin();
@@ -330,7 +336,7 @@ static enum sim_rc create_gi_call(sim_device_t device, unsigned int profile_id,
 SIM_EXPORT enum sim_rc nvmlDeviceCreateGpuInstance(sim_device_t device, unsigned int profile_id,
                                                    sim_gpu_instance_t *gpu_instance)
 {
-    ENTER_MUTATING(nvmlDeviceCreateGpuInstance);
+    ENTER_MUTATING(nvmlDeviceCreateGpuInstance, device);
     if (gpu_instance == NULL)
         return RC_INVALID_ARGUMENT;
     return create_gi_call(device, profile_id, NULL, gpu_instance);
@@ -340,7 +346,7 @@ SIM_EXPORT enum sim_rc nvmlDeviceCreateGpuInstanceWithPlacement(
     sim_device_t device, unsigned int profile_id, const struct sim_placement *placement,
     sim_gpu_instance_t *gpu_instance)
 {
-    ENTER_MUTATING(nvmlDeviceCreateGpuInstanceWithPlacement);
+    ENTER_MUTATING(nvmlDeviceCreateGpuInstanceWithPlacement, device);
     if (placement == NULL || gpu_instance == NULL)
         return RC_INVALID_ARGUMENT;
     return create_gi_call(device, profile_id, placement, gpu_instance);
@@ -350,7 +356,7 @@ SIM_EXPORT enum sim_rc nvmlGpuInstanceDestroy(sim_gpu_instance_t gpu_instance)
 {
     struct sim_gpu *gpu;
     uint32_t id;
-    ENTER_MUTATING(nvmlGpuInstanceDestroy);
+    ENTER_MUTATING(nvmlGpuInstanceDestroy, gpu_instance);
     enum sim_rc rc = write_begin();
     if (rc != RC_SUCCESS)
         return rc;
@@ -376,7 +382,7 @@ SIM_EXPORT enum sim_rc nvmlDeviceGetGpuInstances(sim_device_t device, unsigned i
                                                  unsigned int *count)
 {
     struct sim_gpu *gpu;
-    ENTER(nvmlDeviceGetGpuInstances);
+    ENTER_ON(nvmlDeviceGetGpuInstances, device);
     /* NULL array: INVALID_ARGUMENT, no count query */
     if (gpu_instances == NULL || count == NULL)
         return RC_INVALID_ARGUMENT;
@@ -405,7 +411,7 @@ SIM_EXPORT enum sim_rc nvmlDeviceGetGpuInstanceById(sim_device_t device, unsigne
                                                     sim_gpu_instance_t *gpu_instance)
 {
     struct sim_gpu *gpu;
-    ENTER(nvmlDeviceGetGpuInstanceById);
+    ENTER_ON(nvmlDeviceGetGpuInstanceById, device);
     if (gpu_instance == NULL)
         return RC_INVALID_ARGUMENT;
     enum sim_rc rc = read_begin();
@@ -426,7 +432,7 @@ SIM_EXPORT enum sim_rc nvmlGpuInstanceGetInfo(sim_gpu_instance_t gpu_instance,
 {
     struct sim_gpu *gpu;
     uint32_t id;
-    ENTER(nvmlGpuInstanceGetInfo);
+    ENTER_ON(nvmlGpuInstanceGetInfo, gpu_instance);
     if (info == NULL)
         return RC_INVALID_ARGUMENT;
     enum sim_rc rc = read_begin();
@@ -462,7 +468,7 @@ SIM_EXPORT enum sim_rc nvmlGpuInstanceGetComputeInstanceProfileInfo(
     struct sim_cip_info_v1 *info)
 {
     struct sim_cip *cip;
-    ENTER(nvmlGpuInstanceGetComputeInstanceProfileInfo);
+    ENTER_ON(nvmlGpuInstanceGetComputeInstanceProfileInfo, gpu_instance);
     if (info == NULL)
         return RC_INVALID_ARGUMENT;
     enum sim_rc rc = read_begin();
@@ -490,7 +496,7 @@ SIM_EXPORT enum sim_rc nvmlGpuInstanceGetComputeInstanceProfileInfoV(
 {
     struct sim_cip *cip;
     unsigned int version;
-    ENTER(nvmlGpuInstanceGetComputeInstanceProfileInfoV);
+    ENTER_ON(nvmlGpuInstanceGetComputeInstanceProfileInfoV, gpu_instance);
     if (info == NULL)
         return RC_INVALID_ARGUMENT;
     memcpy(&version, info, sizeof version);
@@ -571,7 +577,7 @@ SIM_EXPORT enum sim_rc nvmlGpuInstanceGetComputeInstanceRemainingCapacity(
     sim_gpu_instance_t gpu_instance, unsigned int profile_id, unsigned int *count)
 {
     struct gi_ref ref;
-    ENTER(nvmlGpuInstanceGetComputeInstanceRemainingCapacity);
+    ENTER_ON(nvmlGpuInstanceGetComputeInstanceRemainingCapacity, gpu_instance);
     if (count == NULL)
         return RC_INVALID_ARGUMENT;
     enum sim_rc rc = read_begin();
@@ -591,7 +597,7 @@ SIM_EXPORT enum sim_rc nvmlGpuInstanceGetComputeInstancePossiblePlacements(
     unsigned int *count)
 {
     struct gi_ref ref;
-    ENTER(nvmlGpuInstanceGetComputeInstancePossiblePlacements);
+    ENTER_ON(nvmlGpuInstanceGetComputeInstancePossiblePlacements, gpu_instance);
     if (count == NULL)
         return RC_INVALID_ARGUMENT;
     enum sim_rc rc = read_begin();
@@ -675,7 +681,7 @@ SIM_EXPORT enum sim_rc nvmlGpuInstanceCreateComputeInstance(
     sim_gpu_instance_t gpu_instance, unsigned int profile_id,
     sim_compute_instance_t *compute_instance)
 {
-    ENTER_MUTATING(nvmlGpuInstanceCreateComputeInstance);
+    ENTER_MUTATING(nvmlGpuInstanceCreateComputeInstance, gpu_instance);
     if (compute_instance == NULL)
         return RC_INVALID_ARGUMENT;
     return create_ci_call(gpu_instance, profile_id, NULL, compute_instance);
@@ -685,7 +691,7 @@ SIM_EXPORT enum sim_rc nvmlGpuInstanceCreateComputeInstanceWithPlacement(
     sim_gpu_instance_t gpu_instance, unsigned int profile_id,
     const struct sim_placement *placement, sim_compute_instance_t *compute_instance)
 {
-    ENTER_MUTATING(nvmlGpuInstanceCreateComputeInstanceWithPlacement);
+    ENTER_MUTATING(nvmlGpuInstanceCreateComputeInstanceWithPlacement, gpu_instance);
     if (placement == NULL || compute_instance == NULL)
         return RC_INVALID_ARGUMENT;
     return create_ci_call(gpu_instance, profile_id, placement, compute_instance);
@@ -694,7 +700,7 @@ SIM_EXPORT enum sim_rc nvmlGpuInstanceCreateComputeInstanceWithPlacement(
 SIM_EXPORT enum sim_rc nvmlComputeInstanceDestroy(sim_compute_instance_t compute_instance)
 {
     struct mig_ref ref;
-    ENTER_MUTATING(nvmlComputeInstanceDestroy);
+    ENTER_MUTATING(nvmlComputeInstanceDestroy, compute_instance);
     enum sim_rc rc = write_begin();
     if (rc != RC_SUCCESS)
         return rc;
@@ -712,7 +718,7 @@ SIM_EXPORT enum sim_rc nvmlGpuInstanceGetComputeInstances(
     sim_compute_instance_t *compute_instances, unsigned int *count)
 {
     struct gi_ref ref;
-    ENTER(nvmlGpuInstanceGetComputeInstances);
+    ENTER_ON(nvmlGpuInstanceGetComputeInstances, gpu_instance);
     /* NULL array: INVALID_ARGUMENT, no count query */
     if (compute_instances == NULL || count == NULL)
         return RC_INVALID_ARGUMENT;
@@ -736,7 +742,7 @@ SIM_EXPORT enum sim_rc nvmlGpuInstanceGetComputeInstanceById(
     sim_gpu_instance_t gpu_instance, unsigned int id, sim_compute_instance_t *compute_instance)
 {
     struct gi_ref ref;
-    ENTER(nvmlGpuInstanceGetComputeInstanceById);
+    ENTER_ON(nvmlGpuInstanceGetComputeInstanceById, gpu_instance);
     if (compute_instance == NULL)
         return RC_INVALID_ARGUMENT;
     enum sim_rc rc = read_begin();
@@ -777,14 +783,14 @@ static enum sim_rc ci_info(sim_compute_instance_t compute_instance, struct sim_c
 SIM_EXPORT enum sim_rc nvmlComputeInstanceGetInfo(sim_compute_instance_t compute_instance,
                                                   struct sim_ci_info *info)
 {
-    ENTER(nvmlComputeInstanceGetInfo);
+    ENTER_ON(nvmlComputeInstanceGetInfo, compute_instance);
     return ci_info(compute_instance, info);
 }
 
 SIM_EXPORT enum sim_rc nvmlComputeInstanceGetInfo_v2(sim_compute_instance_t compute_instance,
                                                      struct sim_ci_info *info)
 {
-    ENTER(nvmlComputeInstanceGetInfo_v2);
+    ENTER_ON(nvmlComputeInstanceGetInfo_v2, compute_instance);
     return ci_info(compute_instance, info);
 }
 

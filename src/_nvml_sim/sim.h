@@ -11,7 +11,8 @@
  *   state_parse.c  reading the state file's text into a struct sim_state
  *   state_file.c   the file on disk: freshness checks, reloads, atomic rewrites, the flock
  *   handles.c      handle slots, MIG UUIDs, resolving handles back to the node
- *   calls.c        every call's entry: counting, injected faults, latency, init/shutdown
+ *   calls.c        every call's entry: counting, injected faults, init/shutdown, the locks
+ *   latency.c      the time calls take: MIGKIT_SIM_LATENCY_MS and per-function profiles
  *   device.c       the device API: system, enumeration, identity, MIG mode, MIG devices
  *   instances.c    GPU- and compute-instance profiles, placements and lifecycle rules
  *
@@ -321,6 +322,7 @@ struct sim_gpu { /* a `gpu` record */
 struct sim_call {
     char name[CALL_NAME_LEN];
     uint64_t count;
+    uint64_t charged_ns; /* time charged by a latency profile */
 };
 
 struct sim_state {
@@ -459,30 +461,35 @@ extern struct sim_state *g_cur; /* the node as last read or written; under the m
 
 /* calls.c */
 __attribute__((format(printf, 1, 2))) void sim_debug(const char *fmt, ...);
-enum sim_rc enter(enum sim_fn fn);
-enum sim_rc enter_mutating(enum sim_fn fn);
+enum sim_rc enter(enum sim_fn fn, const void *handle);
+enum sim_rc enter_mutating(enum sim_fn fn, const void *handle);
 enum sim_rc read_begin(void);
 enum sim_rc read_end(enum sim_rc rc);
 enum sim_rc write_begin(void);
 enum sim_rc write_end(enum sim_rc rc);
 
-#define ENTER(fn)                                                                              \
+/* Enter a read call about no GPU in particular. */
+#define ENTER(fn) ENTER_ON(fn, NULL)
+
+/* Enter a read call about the GPU that `handle` (device, GI or CI handle) belongs to. */
+#define ENTER_ON(fn, handle)                                                                   \
     do {                                                                                       \
-        enum sim_rc enter_rc_ = enter(FN_##fn);                                                \
+        enum sim_rc enter_rc_ = enter(FN_##fn, (handle));                                      \
         if (enter_rc_ != RC_SUCCESS)                                                           \
             return enter_rc_;                                                                  \
     } while (0)
 
-#define ENTER_MUTATING(fn)                                                                     \
+#define ENTER_MUTATING(fn, handle)                                                             \
     do {                                                                                       \
-        enum sim_rc enter_rc_ = enter_mutating(FN_##fn);                                       \
+        enum sim_rc enter_rc_ = enter_mutating(FN_##fn, (handle));                             \
         if (enter_rc_ != RC_SUCCESS)                                                           \
             return enter_rc_;                                                                  \
     } while (0)
 
 /* state_parse.c */
 int parse_u64(const char *s, size_t len, uint64_t *out);
-int add_call_count(struct sim_state *st, const char *name, size_t len, uint64_t n);
+int add_call_totals(struct sim_state *st, const char *name, size_t len, uint64_t count,
+                    uint64_t charged_ns);
 int parse_state(const char *buf, size_t len, struct sim_state *st);
 
 /* state_file.c */
@@ -497,6 +504,16 @@ int lock_file(void);
 void unlock_file(void);
 void close_lock_file(void);
 
+/* latency.c */
+int latency_configure(void);
+void latency_charge(enum sim_fn fn, const void *handle, int mutating);
+void latency_charge_profile_info(enum sim_fn fn, const void *handle, enum sim_rc rc);
+uint64_t latency_lifecycle_cost(enum sim_fn fn);
+void latency_settle(enum sim_fn fn, uint64_t ns);
+uint64_t latency_take_charged(enum sim_fn fn);
+int latency_have_charged(void);
+void latency_forget_charged(void);
+
 /* handles.c */
 struct mig_ref {
     struct sim_gpu *gpu;
@@ -508,6 +525,7 @@ struct mig_ref {
 enum device_kind { DEV_BAD, DEV_GPU, DEV_MIG };
 
 void init_gpu_handles(void);
+int gpu_index_of_handle(const void *handle);
 void carry_handles(struct sim_state *old, struct sim_state *next);
 void bind_gi(uint32_t gpu, uint32_t id, struct sim_gi *gi);
 void bind_ci(const struct sim_gpu *g, uint32_t gi_id, uint32_t id, struct sim_ci *ci);

@@ -210,6 +210,16 @@ static void write_records(FILE *f, const struct sim_state *st)
     }
     if (st->ncalls)
         fputc('\n', f);
+    uint32_t written = 0;
+    for (uint32_t i = 0; i < st->ncalls; i++) {
+        if (st->calls[i].charged_ns == 0)
+            continue;
+        if (written++ % 6 == 0)
+            fputs(written > 1 ? "\ncharged" : "charged", f);
+        fprintf(f, " %s=%llu", st->calls[i].name, (unsigned long long)st->calls[i].charged_ns);
+    }
+    if (written)
+        fputc('\n', f);
 }
 
 /* Write g_cur through <state>.tmp.<pid> + rename; the caller holds the lock. */

@@ -161,13 +161,15 @@ static int get_list(const struct sim_record *rec, const char *key, uint32_t *out
     return 0;
 }
 
-int add_call_count(struct sim_state *st, const char *name, size_t len, uint64_t n)
+int add_call_totals(struct sim_state *st, const char *name, size_t len, uint64_t count,
+                    uint64_t charged_ns)
 {
     if (len == 0 || len >= CALL_NAME_LEN)
         return -1;
     for (uint32_t i = 0; i < st->ncalls; i++) {
         if (strlen(st->calls[i].name) == len && memcmp(st->calls[i].name, name, len) == 0) {
-            st->calls[i].count += n;
+            st->calls[i].count += count;
+            st->calls[i].charged_ns += charged_ns;
             return 0;
         }
     }
@@ -176,7 +178,8 @@ int add_call_count(struct sim_state *st, const char *name, size_t len, uint64_t 
     struct sim_call *c = &st->calls[st->ncalls++];
     memcpy(c->name, name, len);
     c->name[len] = '\0';
-    c->count = n;
+    c->count = count;
+    c->charged_ns = charged_ns;
     return 0;
 }
 
@@ -346,12 +349,14 @@ static int parse_ci_record(const struct sim_record *rec, struct sim_state *st)
     return 0;
 }
 
-static int parse_calls_record(const struct sim_record *rec, struct sim_state *st)
+/* `calls NAME=COUNT ...` or `charged NAME=NANOSECONDS ...`. */
+static int parse_calls_record(const struct sim_record *rec, struct sim_state *st, int charged)
 {
     for (uint32_t i = 0; i < rec->nfields; i++) {
         uint64_t n;
         const struct sim_field *f = &rec->fields[i];
-        if (parse_u64(f->val, f->vlen, &n) != 0 || add_call_count(st, f->key, f->klen, n) != 0)
+        if (parse_u64(f->val, f->vlen, &n) != 0 ||
+            add_call_totals(st, f->key, f->klen, charged ? 0 : n, charged ? n : 0) != 0)
             return -1;
     }
     return 0;
@@ -402,7 +407,9 @@ int parse_state(const char *buf, size_t len, struct sim_state *st)
             } else if (pass == 0 && kw_is(&rec, "gip")) {
                 rc = parse_gip_record(&rec, st);
             } else if (pass == 0 && kw_is(&rec, "calls")) {
-                rc = parse_calls_record(&rec, st);
+                rc = parse_calls_record(&rec, st, 0);
+            } else if (pass == 0 && kw_is(&rec, "charged")) {
+                rc = parse_calls_record(&rec, st, 1);
             } else if (pass == 1 && kw_is(&rec, "cip")) {
                 rc = parse_cip_record(&rec, st);
             } else if (pass == 1 && kw_is(&rec, "gi")) {

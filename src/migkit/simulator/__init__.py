@@ -39,6 +39,8 @@ from migkit.models import GpuModel
 STATE_ENV = "MIGKIT_SIM_STATE"
 FAULTS_ENV = "MIGKIT_SIM_FAULTS"
 LATENCY_ENV = "MIGKIT_SIM_LATENCY_MS"
+LATENCY_PROFILE_ENV = "MIGKIT_SIM_LATENCY"
+LATENCY_PROFILES = ("hopper-580",)
 DEFAULT_DRIVER = "580.105.08"
 DEFAULT_CUDA = "13.0"
 
@@ -294,14 +296,25 @@ def edit_state(state_file: str | os.PathLike[str]) -> Iterator[list[Record]]:
         _write_unlocked(path, records)
 
 
+def _totals(state_file: str | os.PathLike[str], keyword: str) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for record in read_state(state_file):
+        if record.keyword == keyword:
+            for key, value in record.fields.items():
+                totals[key] = totals.get(key, 0) + int(value)
+    return dict(sorted(totals.items()))
+
+
 def stats(state_file: str | os.PathLike[str]) -> dict[str, int]:
     """``{nvml_function: call_count}`` over every process that used this node."""
-    counts: dict[str, int] = {}
-    for record in read_state(state_file):
-        if record.keyword == "calls":
-            for key, value in record.fields.items():
-                counts[key] = counts.get(key, 0) + int(value)
-    return dict(sorted(counts.items()))
+    return _totals(state_file, "calls")
+
+
+def charged(state_file: str | os.PathLike[str]) -> dict[str, int]:
+    """``{nvml_function: nanoseconds}`` a latency profile (``MIGKIT_SIM_LATENCY``) charged,
+    over every process that used this node; counted like the calls (a process's reads reach
+    the file at its next mutating call or at shutdown)."""
+    return _totals(state_file, "charged")
 
 
 def reset_gpus(state_file: str | os.PathLike[str], gpus: Sequence[int] | None = None) -> list[int]:
@@ -387,6 +400,9 @@ class SimulatedNode:
 
     def stats(self) -> dict[str, int]:
         return stats(self.state_file)
+
+    def charged(self) -> dict[str, int]:
+        return charged(self.state_file)
 
     def reset_gpus(self, gpus: Sequence[int] | None = None) -> list[int]:
         return reset_gpus(self.state_file, gpus)
