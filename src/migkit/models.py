@@ -284,6 +284,11 @@ class GpuState:
     profiles: tuple[Profile, ...] = ()
     gpu_instances: tuple[GpuInstance, ...] = ()
     model_name: str = ""  # bundled model this GPU matches, "" if none
+    # Reads that failed, each naming the NVML call, what it was for and the error
+    # ("nvmlDeviceGetComputeRunningProcesses_v3 (MIG device 2): NOT_SUPPORTED"). A fact behind a
+    # failed read is unknown, and an unknown is never "fine": a GPU with any is neither changed
+    # nor reported as matching.
+    unknown: tuple[str, ...] = ()
 
     @property
     def mig_enabled(self) -> bool:
