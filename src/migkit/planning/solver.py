@@ -2,7 +2,7 @@
 
 ``solve(model, counts, existing=())`` returns a :class:`Layout` or raises
 :class:`~migkit.errors.InfeasibleError` saying why nothing fits. It works on the GPU's own
-placement tables (facts §3.7, nvml-facts §6.3-§6.6):
+placement tables (each profile's possible placements, as NVML lists them):
 
 - a GPU instance (GI) sits at one of its profile's possible placements, counted in memory
   slices; GIs may not share a memory slice; a profile has at most ``instance_count`` GIs;
