@@ -114,22 +114,40 @@ def _best_additions(
     return best
 
 
-def _rule_problem(cm: Compiled, plan: _Plan) -> str:
-    """Instance caps and the +me.all rule for the whole final layout; "" when they hold."""
-    totals = list(plan.new_counts)
-    for e in plan.kept:
+@attrs.frozen
+class _Violation:
+    """A rule the final layout breaks: ``kind`` over its cap (``others`` None), or a +me.all
+    ``kind`` sharing the GPU with ``others`` (or with a second one of itself)."""
+
+    kind: GiKind
+    total: int
+    others: tuple[GiKind, ...] | None = None
+
+
+def _violation(cm: Compiled, new_counts: Sequence[int], kept: Sequence[Existing]) -> _Violation | None:
+    """Instance caps and the +me.all rule for the new GIs plus the kept ones; None when they hold."""
+    totals = list(new_counts)
+    for e in kept:
         assert e.kind is not None
         totals[e.kind.order] += 1
     for kind in cm.kinds:
         if totals[kind.order] > kind.cap:
-            return f"{kind.name} is limited to {kind.cap}"
+            return _Violation(kind, totals[kind.order])
     present = [k for k in cm.kinds if totals[k.order]]
     all_me = [k for k in present if k.all_me]
     if all_me:
-        others = [k for k in present if not k.no_me and k is not all_me[0]]
+        others = tuple(k for k in present if not k.no_me and k is not all_me[0])
         if others or totals[all_me[0].order] > 1:
-            return "+me.all"
-    return ""
+            return _Violation(all_me[0], totals[all_me[0].order], others)
+    return None
+
+
+def _rule_problem(cm: Compiled, plan: _Plan) -> str:
+    """Instance caps and the +me.all rule for the whole final layout; "" when they hold."""
+    broken = _violation(cm, plan.new_counts, plan.kept)
+    if broken is None:
+        return ""
+    return f"{broken.kind.name} is limited to {broken.kind.cap}" if broken.others is None else "+me.all"
 
 
 def _build(cm: Compiled, plan: _Plan, found: Found, dropped: Sequence[GpuInstance]) -> Layout:
@@ -281,24 +299,15 @@ def _explain(cm: Compiled, demand: Demand, in_use: Sequence[Existing]) -> str:
     plan = _plan_cis(cm, demand, in_use)
     if isinstance(plan, str):
         return f"{head}: {plan}"
-    # Instance caps, said in terms of what was asked for.
-    totals = list(plan.new_counts)
-    for e in in_use:
-        assert e.kind is not None
-        totals[e.kind.order] += 1
-    for kind in cm.kinds:
-        if totals[kind.order] > kind.cap:
-            return f"{head}: {_cap_text(cm, demand, kind, totals[kind.order])}"
-    present = [k for k in cm.kinds if totals[k.order]]
-    all_me = [k for k in present if k.all_me]
-    if all_me:
-        others = [k.name for k in present if not k.no_me and k is not all_me[0]]
-        if others or totals[all_me[0].order] > 1:
-            others_text = ", ".join(others) or f"a second {all_me[0].name}"
-            return (
-                f"{head}: {all_me[0].name} cannot be combined with {others_text}; while a "
-                f"+me.all GPU instance exists only -me profiles can be created"
-            )
+    broken = _violation(cm, plan.new_counts, in_use)
+    if broken is not None and broken.others is None:  # a cap, said in terms of what was asked for
+        return f"{head}: {_cap_text(cm, demand, broken.kind, broken.total)}"
+    if broken is not None and broken.others is not None:
+        others_text = ", ".join(k.name for k in broken.others) or f"a second {broken.kind.name}"
+        return (
+            f"{head}: {broken.kind.name} cannot be combined with {others_text}; while a "
+            f"+me.all GPU instance exists only -me profiles can be created"
+        )
     fixed = 0
     for e in in_use:
         fixed |= e.mask
