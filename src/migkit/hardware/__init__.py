@@ -21,6 +21,7 @@ import attrs
 
 from migkit.errors import UnknownModelError
 from migkit.models import ARCH_HOPPER, ComputeProfile, GpuModel, GpuState, Placement, Profile
+from migkit.names import canonical_from_nvml
 
 # Compute-instance profiles by GI compute-slice count G: (CI profile id/index, C, instances,
 # starts). CI profile IDs equal their indices on every observed part. 2c/3c placements inside
@@ -39,21 +40,6 @@ _CI_RULES: dict[int, tuple[tuple[int, int, int, tuple[int, ...]], ...]] = {
     ),
 }
 _CI_REV1 = 7  # CI 1_SLICE_REV1: the full-SM CI of a 1g GI with twice the memory (Hopper+)
-
-
-@functools.cache
-def canonical_from_nvml(nvml_name: str) -> str:
-    """``"MIG 1g.10gb"`` -> ``"1g.10gb"``; ``"MIG 1c.1g.10gb"`` -> ``"1g.10gb"``.
-
-    Names that do not follow the profile grammar are kept as NVML gives them (without the
-    ``MIG`` prefix), so that an unexpected driver name is shown rather than lost.
-    """
-    from migkit.names import name_from_nvml
-
-    try:
-        return name_from_nvml(nvml_name)
-    except ValueError:
-        return nvml_name.removeprefix("MIG ").strip()
 
 
 def compute_profiles_for(profile: Profile, architecture: int, base_1g_sms: int) -> tuple[ComputeProfile, ...]:
@@ -184,14 +170,9 @@ def _profile_from_json(row: dict[str, Any]) -> Profile:
     )
 
 
-def profile_sort_key(profile: Profile) -> tuple[int, int, int]:
-    """The order ``nvidia-smi mig -lgip`` lists profiles in (19, 20, 15, 14, 9, 5, 0 on H100)."""
-    return (profile.slice_count, profile.memory_mib, profile.index)
-
-
 def _model_from_json(data: dict[str, Any]) -> GpuModel:
     _check_table(data)
-    profiles = sorted((_profile_from_json(r) for r in data["profiles"]), key=profile_sort_key)
+    profiles = sorted((_profile_from_json(r) for r in data["profiles"]), key=lambda p: p.sort_key)
     base_1g = next((p.multiprocessors for p in profiles if p.index == 0 and p.slice_count == 1), 0)
     profiles = [
         attrs.evolve(
