@@ -73,6 +73,10 @@ class ApplyError(MigkitError):
     """Applying a configuration failed; the node report says what state each GPU is in."""
 
 
+class ResetFailed(ApplyError):
+    """A GPU reset (to make a pending MIG mode take effect) failed; the message says why."""
+
+
 class NvmlError(MigkitError):
     """An NVML call returned an error code.
 

@@ -17,6 +17,7 @@ from migkit.errors import (
     ReadOnlyError,
 )
 from migkit.models import GpuState, Placement
+from migkit.names import canonical_from_nvml
 from migkit.nvml import _binding as _nvml
 from migkit.nvml._binding import lib
 from migkit.nvml.node import (
@@ -483,7 +484,7 @@ def test_nvml_errors_carry_code_name_and_call() -> None:
 )
 def test_canonical_names_from_nvml_names(nvml_name: str, canonical: str) -> None:
     """NVML's 'MIG ...' names become canonical (C == G drops the compute prefix)."""
-    assert _nvml._canonical_from_nvml_name(nvml_name) == canonical
+    assert canonical_from_nvml(nvml_name) == canonical
 
 
 @pytest.mark.parametrize(
