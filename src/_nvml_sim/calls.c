@@ -293,6 +293,7 @@ static enum sim_rc open_node(void)
     const char *path = getenv("MIGKIT_SIM_STATE");
     const char *debug = getenv("MIGKIT_SIM_DEBUG");
     g_debug = debug != NULL && strcmp(debug, "1") == 0;
+    state_file_clear_error();
     if (path == NULL || path[0] == '\0' || strlen(path) >= PATH_LEN) {
         sim_debug("MIGKIT_SIM_STATE is not set");
         return RC_DRIVER_NOT_LOADED;
@@ -400,6 +401,22 @@ __attribute__((destructor)) static void sim_unload(void)
     flush_counts();
     close_lock_file();
     unlock_state();
+}
+
+/* ------------------------------------------------------------------ state file errors */
+
+/*
+ * migkit's own entry point (not NVML): why the simulator could not use its state file at the
+ * last try — at nvmlInit, or at a later freshness check, after which read calls keep
+ * answering from the last good state. Returns 1 with the reason (NUL-terminated, cut to
+ * `cap`) and the 1-based line (0: the file as a whole), or 0 when the file in use is current.
+ */
+SIM_EXPORT int migkitSimLastError(char *reason, unsigned int cap, unsigned int *line)
+{
+    lock_state();
+    int rc = state_file_last_error(reason, cap, line);
+    unlock_state();
+    return rc;
 }
 
 /* ------------------------------------------------------------------ errors and system */

@@ -486,11 +486,18 @@ enum sim_rc write_end(enum sim_rc rc);
             return enter_rc_;                                                                  \
     } while (0)
 
+/* Why a state file could not be used: a reason, and the 1-based line (0: the whole file). */
+#define STATE_ERROR_LEN 200
+struct state_error {
+    unsigned int line;
+    char reason[STATE_ERROR_LEN + 64];
+};
+
 /* state_parse.c */
 int parse_u64(const char *s, size_t len, uint64_t *out);
 int add_call_totals(struct sim_state *st, const char *name, size_t len, uint64_t count,
                     uint64_t charged_ns);
-int parse_state(const char *buf, size_t len, struct sim_state *st);
+int parse_state(const char *buf, size_t len, struct sim_state *st, struct state_error *err);
 
 /* state_file.c */
 int state_file_open(const char *path);
@@ -500,6 +507,8 @@ void state_file_refresh_for_read(void);
 void state_file_refresh_now(void);
 int state_file_write(void);
 int state_file_exists(void);
+void state_file_clear_error(void);
+int state_file_last_error(char *reason, unsigned int cap, unsigned int *line);
 int lock_file(void);
 void unlock_file(void);
 void close_lock_file(void);

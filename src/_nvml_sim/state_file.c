@@ -19,6 +19,35 @@ static char g_lock_path[PATH_LEN + 8];
 static int g_lock_fd = -1;
 static struct file_sig g_sig;        /* of the file g_cur was read from or written to */
 static struct timespec g_last_check; /* last freshness stat() by a read-only call */
+static struct state_error g_error;   /* why the last read of the file failed; line 0 + "" if not */
+
+__attribute__((format(printf, 1, 2))) static void file_error(const char *fmt, ...)
+{
+    va_list ap;
+    g_error.line = 0;
+    va_start(ap, fmt);
+    vsnprintf(g_error.reason, sizeof g_error.reason, fmt, ap);
+    va_end(ap);
+    sim_debug("%s: %s", g_path, g_error.reason);
+}
+
+void state_file_clear_error(void)
+{
+    g_error.line = 0;
+    g_error.reason[0] = '\0';
+}
+
+/* Why the state in use is not the file's current content; 0 if it is. Caller holds the mutex. */
+int state_file_last_error(char *reason, unsigned int cap, unsigned int *line)
+{
+    if (g_error.reason[0] == '\0')
+        return 0;
+    if (reason != NULL && cap > 0)
+        copy_string(reason, cap, g_error.reason);
+    if (line != NULL)
+        *line = g_error.line;
+    return 1;
+}
 
 /* ------------------------------------------------------------------ the state file */
 
@@ -37,19 +66,29 @@ static int sig_equal(const struct file_sig *a, const struct file_sig *b)
            a->mtime.tv_sec == b->mtime.tv_sec && a->mtime.tv_nsec == b->mtime.tv_nsec;
 }
 
+/* O_NONBLOCK: a FIFO put in the file's place must not hang the open; it is then refused. */
 static int read_state_file(const char *path, struct sim_state *st, struct file_sig *sig)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) {
+        file_error("cannot open: %s", strerror(errno));
         return -1;
+    }
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_size > (off_t)(64 * MIB)) {
+    if (fstat(fd, &sb) != 0) {
+        file_error("cannot stat: %s", strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (!S_ISREG(sb.st_mode) || sb.st_size > (off_t)(64 * MIB)) {
+        file_error(S_ISREG(sb.st_mode) ? "larger than 64 MiB" : "not a regular file");
         close(fd);
         return -1;
     }
     size_t len = (size_t)sb.st_size, got = 0;
     char *buf = malloc(len + 1);
     if (buf == NULL) {
+        file_error("out of memory");
         close(fd);
         return -1;
     }
@@ -62,10 +101,17 @@ static int read_state_file(const char *path, struct sim_state *st, struct file_s
         got += (size_t)r;
     }
     close(fd);
-    int rc = got == len ? parse_state(buf, len, st) : -1;
+    struct state_error err = {0, ""};
+    int rc = -1;
+    if (got != len)
+        file_error("changed size while being read");
+    else if ((rc = parse_state(buf, len, st, &err)) != 0)
+        g_error = err;
     free(buf);
-    if (rc == 0)
+    if (rc == 0) {
         sig_from_stat(&sb, sig);
+        state_file_clear_error();
+    }
     return rc;
 }
 
@@ -89,11 +135,15 @@ int state_file_refresh(void)
 {
     struct stat sb;
     struct file_sig now;
-    if (stat(g_path, &sb) != 0)
+    if (stat(g_path, &sb) != 0) {
+        file_error("cannot read: %s", strerror(errno));
         return -1;
+    }
     sig_from_stat(&sb, &now);
-    if (sig_equal(&now, &g_sig))
+    if (sig_equal(&now, &g_sig)) {
+        state_file_clear_error(); /* the file is again the one in use */
         return 0;
+    }
     return state_file_reload();
 }
 
@@ -222,14 +272,36 @@ static void write_records(FILE *f, const struct sim_state *st)
         fputc('\n', f);
 }
 
+/*
+ * <state>.tmp.<pid>, created afresh: O_EXCL|O_NOFOLLOW, so a symlink planted there is never
+ * followed. A leftover of ours (a killed writer with this pid) is removed first, which removes
+ * a symlink itself, never its target. The file gets the state file's permission mode.
+ */
+static int open_temp_file(const char *tmp)
+{
+    const int flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
+    struct stat sb;
+    int fd = open(tmp, flags, 0666);
+    if (fd < 0 && errno == EEXIST && unlink(tmp) == 0)
+        fd = open(tmp, flags, 0666);
+    if (fd >= 0 && stat(g_path, &sb) == 0 && fchmod(fd, sb.st_mode & 07777) != 0) {
+        close(fd);
+        unlink(tmp);
+        return -1;
+    }
+    return fd;
+}
+
 /* Write g_cur through <state>.tmp.<pid> + rename; the caller holds the lock. */
 int state_file_write(void)
 {
     char tmp[PATH_LEN + 32];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", g_path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-    if (fd < 0)
+    int fd = open_temp_file(tmp);
+    if (fd < 0) {
+        sim_debug("cannot create %s: %s", tmp, strerror(errno));
         return -1;
+    }
     FILE *f = fdopen(fd, "w");
     if (f == NULL) {
         close(fd);
@@ -268,7 +340,7 @@ int state_file_write(void)
 int lock_file(void)
 {
     if (g_lock_fd < 0) {
-        g_lock_fd = open(g_lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+        g_lock_fd = open(g_lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0666);
         if (g_lock_fd < 0)
             return -1;
     }

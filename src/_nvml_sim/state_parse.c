@@ -3,6 +3,19 @@
 
 /* ------------------------------------------------------------------ state file parser */
 
+/* Why the record being parsed was refused: the first, most specific reason wins. */
+static char g_why[STATE_ERROR_LEN];
+
+__attribute__((format(printf, 1, 2))) static void why(const char *fmt, ...)
+{
+    if (g_why[0] != '\0')
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_why, sizeof g_why, fmt, ap);
+    va_end(ap);
+}
+
 struct sim_field {
     const char *key;
     size_t klen;
@@ -30,8 +43,10 @@ static int split_record(const char *p, const char *end, struct sim_record *rec)
             p++;
         if (p >= end)
             return 0;
-        if (rec->nfields == MAX_FIELDS)
+        if (rec->nfields == MAX_FIELDS) {
+            why("more than %d fields", MAX_FIELDS);
             return -1;
+        }
         struct sim_field *f = &rec->fields[rec->nfields++];
         const char *tok = p;
         int is_name = (size_t)(end - p) >= 5 && memcmp(p, "name=", 5) == 0;
@@ -88,16 +103,27 @@ int parse_u64(const char *s, size_t len, uint64_t *out)
 static int get_u64(const struct sim_record *rec, const char *key, uint64_t *out, int required)
 {
     const struct sim_field *f = rec_get(rec, key);
-    if (f == NULL)
+    if (f == NULL) {
+        if (required)
+            why("missing field '%s'", key);
         return required ? -1 : 0;
-    return parse_u64(f->val, f->vlen, out);
+    }
+    if (parse_u64(f->val, f->vlen, out) != 0) {
+        why("'%s': not a number, or out of range", key);
+        return -1;
+    }
+    return 0;
 }
 
 static int get_u32(const struct sim_record *rec, const char *key, uint32_t *out, int required)
 {
     uint64_t v = *out;
-    if (get_u64(rec, key, &v, required) != 0 || v > UINT32_MAX)
+    if (get_u64(rec, key, &v, required) != 0)
         return -1;
+    if (v > UINT32_MAX) {
+        why("'%s': out of range", key);
+        return -1;
+    }
     *out = (uint32_t)v;
     return 0;
 }
@@ -107,8 +133,10 @@ static int get_str(const struct sim_record *rec, const char *key, char *buf, siz
     const struct sim_field *f = rec_get(rec, key);
     if (f == NULL)
         return 0;
-    if (f->vlen >= cap)
+    if (f->vlen >= cap) {
+        why("'%s': longer than %zu characters", key, cap - 1);
         return -1;
+    }
     memcpy(buf, f->val, f->vlen);
     buf[f->vlen] = '\0';
     return 0;
@@ -131,8 +159,10 @@ static int get_spans(const struct sim_record *rec, const char *key, struct sim_s
         if (*n == MAX_PLACEMENTS || colon == NULL ||
             parse_u64(p, (size_t)(colon - p), &start) != 0 ||
             parse_u64(colon + 1, (size_t)(item_end - colon - 1), &size) != 0 || size == 0 ||
-            start > 64 || size > 64)
+            start > 64 || size > 64) {
+            why("'%s': not a list of START:SIZE (at most %d)", key, MAX_PLACEMENTS);
             return -1;
+        }
         out[*n].start = (uint32_t)start;
         out[*n].size = (uint32_t)size;
         (*n)++;
@@ -153,8 +183,10 @@ static int get_list(const struct sim_record *rec, const char *key, uint32_t *out
         const char *comma = memchr(p, ',', (size_t)(end - p));
         const char *item_end = comma ? comma : end;
         uint64_t v;
-        if (*n == MAX_PLACEMENTS || parse_u64(p, (size_t)(item_end - p), &v) != 0 || v > 64)
+        if (*n == MAX_PLACEMENTS || parse_u64(p, (size_t)(item_end - p), &v) != 0 || v > 64) {
+            why("'%s': not a list of numbers (at most %d)", key, MAX_PLACEMENTS);
             return -1;
+        }
         out[(*n)++] = (uint32_t)v;
         p = comma ? comma + 1 : end;
     }
@@ -186,8 +218,13 @@ int add_call_totals(struct sim_state *st, const char *name, size_t len, uint64_t
 static int parse_gpu_record(const struct sim_record *rec, struct sim_state *st)
 {
     uint32_t index = 0;
-    if (get_u32(rec, "index", &index, 1) != 0 || index != st->ngpus || st->ngpus == MAX_GPUS)
+    if (get_u32(rec, "index", &index, 1) != 0)
         return -1;
+    if (index != st->ngpus || st->ngpus == MAX_GPUS) {
+        why("gpu index %u out of order (expected %u, at most %d GPUs)", index, st->ngpus,
+            MAX_GPUS);
+        return -1;
+    }
     struct sim_gpu *gpu = &st->gpus[st->ngpus];
     memset(gpu, 0, sizeof *gpu);
     gpu->index = index;
@@ -203,8 +240,10 @@ static int parse_gpu_record(const struct sim_record *rec, struct sim_state *st)
         get_u32(rec, "max_mig", &gpu->max_mig, 0) != 0 ||
         get_u32(rec, "minor", &gpu->minor, 0) != 0)
         return -1;
-    if (gpu->mode > 1 || gpu->pending > 1 || gpu->uuid[0] == '\0')
+    if (gpu->mode > 1 || gpu->pending > 1 || gpu->uuid[0] == '\0') {
+        why("gpu: 'mode' and 'pending' must be 0 or 1, and 'uuid' set");
         return -1;
+    }
     unsigned int domain, bus, dev, fn;
     if (sscanf(gpu->bus, "%x:%x:%x.%x", &domain, &bus, &dev, &fn) == 4) {
         gpu->pci_domain = domain;
@@ -218,16 +257,24 @@ static int parse_gpu_record(const struct sim_record *rec, struct sim_state *st)
 static struct sim_gpu *record_gpu(const struct sim_record *rec, struct sim_state *st)
 {
     uint32_t index = 0;
-    if (get_u32(rec, "gpu", &index, 1) != 0 || index >= st->ngpus)
+    if (get_u32(rec, "gpu", &index, 1) != 0)
         return NULL;
+    if (index >= st->ngpus) {
+        why("no GPU %u", index);
+        return NULL;
+    }
     return &st->gpus[index];
 }
 
 static int parse_gip_record(const struct sim_record *rec, struct sim_state *st)
 {
     struct sim_gpu *gpu = record_gpu(rec, st);
-    if (gpu == NULL || gpu->ngips == MAX_GIPS)
+    if (gpu == NULL)
         return -1;
+    if (gpu->ngips == MAX_GIPS) {
+        why("more than %d GPU-instance profiles on GPU %u", MAX_GIPS, gpu->index);
+        return -1;
+    }
     struct sim_gip g;
     memset(&g, 0, sizeof g);
     if (get_u32(rec, "index", &g.index, 1) != 0 || get_u32(rec, "id", &g.id, 1) != 0 ||
@@ -243,15 +290,25 @@ static int parse_gip_record(const struct sim_record *rec, struct sim_state *st)
         get_str(rec, "name", g.name, sizeof g.name) != 0)
         return -1;
     g.devmem = g.memory;
-    if (get_u64(rec, "devmem", &g.devmem, 0) != 0 || g.index >= GIP_INDEX_COUNT)
+    if (get_u64(rec, "devmem", &g.devmem, 0) != 0)
         return -1;
-    if (find_gip_by_index(gpu, g.index) != NULL || find_gip_by_id(gpu, g.id) != NULL)
+    if (g.index >= GIP_INDEX_COUNT) {
+        why("GPU-instance profile index 0x%X out of range (0x0 to 0x%X)", g.index,
+            GIP_INDEX_COUNT - 1);
         return -1;
+    }
+    if (find_gip_by_index(gpu, g.index) != NULL || find_gip_by_id(gpu, g.id) != NULL) {
+        why("GPU-instance profile index 0x%X or ID %u repeated on GPU %u", g.index, g.id,
+            gpu->index);
+        return -1;
+    }
     for (uint32_t i = 0; i < g.nplacements; i++) {
         if (g.mslices == 0)
             g.mslices = g.placements[i].size;
-        if (g.placements[i].size != g.mslices)
+        if (g.placements[i].size != g.mslices) {
+            why("placements of one size only (%u memory slices)", g.mslices);
             return -1;
+        }
         uint32_t end = g.placements[i].start + g.placements[i].size;
         if (end > gpu->mslices)
             gpu->mslices = end;
@@ -261,8 +318,10 @@ static int parse_gip_record(const struct sim_record *rec, struct sim_state *st)
         uint32_t k = 0;
         while (k < g.nplacements && g.placements[k].start != g.order[i])
             k++;
-        if (k == g.nplacements)
+        if (k == g.nplacements) {
+            why("'order' names start %u, which is not a placement", g.order[i]);
             return -1;
+        }
     }
     if (g.norder == 0) {
         for (uint32_t i = 0; i < g.nplacements; i++)
@@ -280,8 +339,14 @@ static int parse_cip_record(const struct sim_record *rec, struct sim_state *st)
     if (gpu == NULL || get_u32(rec, "gip", &gip_id, 1) != 0)
         return -1;
     struct sim_gip *gip = find_gip_by_id(gpu, gip_id);
-    if (gip == NULL || gip->ncips == MAX_CIPS)
+    if (gip == NULL) {
+        why("unknown GPU-instance profile ID %u on GPU %u", gip_id, gpu->index);
         return -1;
+    }
+    if (gip->ncips == MAX_CIPS) {
+        why("more than %d compute-instance profiles", MAX_CIPS);
+        return -1;
+    }
     struct sim_cip c;
     memset(&c, 0, sizeof c);
     if (get_u32(rec, "index", &c.index, 1) != 0 || get_u32(rec, "id", &c.id, 1) != 0 ||
@@ -294,8 +359,11 @@ static int parse_cip_record(const struct sim_record *rec, struct sim_state *st)
         get_str(rec, "name", c.name, sizeof c.name) != 0)
         return -1;
     if (c.index >= CIP_INDEX_COUNT || find_cip_by_index(gip, c.index) != NULL ||
-        find_cip_by_id(gip, c.id) != NULL)
+        find_cip_by_id(gip, c.id) != NULL) {
+        why("compute-instance profile index 0x%X out of range (0x0 to 0x%X) or repeated",
+            c.index, CIP_INDEX_COUNT - 1);
         return -1;
+    }
     gip->cips[gip->ncips++] = c;
     return 0;
 }
@@ -310,8 +378,14 @@ static int parse_gi_record(const struct sim_record *rec, struct sim_state *st)
         get_u32(rec, "size", &size, 1) != 0 || get_u64(rec, "busy", &busy, 0) != 0)
         return -1;
     struct sim_gip *gip = find_gip_by_id(gpu, profile);
-    if (id >= MAX_GIS || gpu->gis[id].live || gip == NULL || size == 0)
+    if (gip == NULL) {
+        why("unknown GPU-instance profile ID %u on GPU %u", profile, gpu->index);
         return -1;
+    }
+    if (id >= MAX_GIS || gpu->gis[id].live || size == 0) {
+        why("GI id %u out of range (0 to %d) or repeated, or size 0", id, MAX_GIS - 1);
+        return -1;
+    }
     struct sim_gi *gi = &gpu->gis[id];
     memset(gi, 0, sizeof *gi);
     gi->live = 1;
@@ -332,12 +406,24 @@ static int parse_ci_record(const struct sim_record *rec, struct sim_state *st)
         get_u32(rec, "profile", &profile, 1) != 0 || get_u32(rec, "start", &start, 1) != 0 ||
         get_u32(rec, "size", &size, 1) != 0 || get_u64(rec, "busy", &busy, 0) != 0)
         return -1;
-    if (gi_id >= MAX_GIS || !gpu->gis[gi_id].live || id >= MAX_CIS || size == 0)
+    if (gi_id >= MAX_GIS || !gpu->gis[gi_id].live) {
+        why("no GI %u on GPU %u", gi_id, gpu->index);
         return -1;
+    }
+    if (id >= MAX_CIS || size == 0) {
+        why("CI id %u out of range (0 to %d), or size 0", id, MAX_CIS - 1);
+        return -1;
+    }
     struct sim_gi *gi = &gpu->gis[gi_id];
     struct sim_cip *cip = find_cip_by_id(&gpu->gips[gi->gip], profile);
-    if (cip == NULL || gi->cis[id].live)
+    if (cip == NULL) {
+        why("unknown compute-instance profile ID %u in GI %u", profile, gi_id);
         return -1;
+    }
+    if (gi->cis[id].live) {
+        why("CI id %u repeated in GI %u", id, gi_id);
+        return -1;
+    }
     struct sim_ci *ci = &gi->cis[id];
     memset(ci, 0, sizeof *ci);
     ci->live = 1;
@@ -356,17 +442,30 @@ static int parse_calls_record(const struct sim_record *rec, struct sim_state *st
         uint64_t n;
         const struct sim_field *f = &rec->fields[i];
         if (parse_u64(f->val, f->vlen, &n) != 0 ||
-            add_call_totals(st, f->key, f->klen, charged ? 0 : n, charged ? n : 0) != 0)
+            add_call_totals(st, f->key, f->klen, charged ? 0 : n, charged ? n : 0) != 0) {
+            why("bad entry '%.*s', or more than %d function names", (int)f->klen, f->key,
+                MAX_CALL_NAMES);
             return -1;
+        }
     }
     return 0;
+}
+
+/* Record the current reason at `line`; a refused last line without its newline is a
+ * file cut short, which the reason says too. */
+static void state_error_at(struct state_error *err, unsigned int line, int last_without_newline)
+{
+    err->line = line;
+    snprintf(err->reason, sizeof err->reason, "%s%s", g_why,
+             last_without_newline ? " (the file ends inside this line: truncated?)" : "");
+    sim_debug("state file line %u: %s", line, err->reason);
 }
 
 /*
  * Parse a whole state file into st. Three passes, so records may refer to records further
  * down: GPUs, GI profiles and counts first, then CI profiles and GIs, then CIs.
  */
-int parse_state(const char *buf, size_t len, struct sim_state *st)
+int parse_state(const char *buf, size_t len, struct sim_state *st, struct state_error *err)
 {
     static struct sim_record rec; /* large; only used under g_mutex */
     st->ngpus = 0;
@@ -383,6 +482,12 @@ int parse_state(const char *buf, size_t len, struct sim_state *st)
             const char *s = p, *e = line_end;
             p = nl ? nl + 1 : end;
             lineno++;
+            g_why[0] = '\0';
+            if (memchr(s, '\0', (size_t)(e - s)) != NULL) {
+                why("a NUL byte in the line");
+                state_error_at(err, lineno, nl == NULL);
+                return -1;
+            }
             while (s < e && (*s == ' ' || *s == '\t'))
                 s++;
             while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r'))
@@ -399,6 +504,10 @@ int parse_state(const char *buf, size_t len, struct sim_state *st)
                              version == 1
                          ? 0
                          : -1;
+                if (rc != 0) {
+                    g_why[0] = '\0';
+                    why("the first record must be 'migkit-sim version=1'");
+                }
             } else if (pass == 0 && kw_is(&rec, "driver")) {
                 rc = get_str(&rec, "version", st->driver, sizeof st->driver) |
                      get_str(&rec, "cuda", st->cuda, sizeof st->cuda);
@@ -420,12 +529,14 @@ int parse_state(const char *buf, size_t len, struct sim_state *st)
                 rc = 0; /* another pass's record, or an unknown one (ignored) */
             }
             if (rc != 0) {
-                sim_debug("state file line %u: bad record", lineno);
+                why("bad record");
+                state_error_at(err, lineno, nl == NULL);
                 return -1;
             }
         }
         if (!seen_header) {
-            sim_debug("state file: missing 'migkit-sim version=1'");
+            why("empty: no 'migkit-sim version=1' record");
+            state_error_at(err, 0, 0);
             return -1;
         }
     }
