@@ -382,7 +382,7 @@ static void atfork_parent(void)
 static void atfork_child(void)
 {
     memset(g_unflushed, 0, sizeof g_unflushed);
-    latency_forget_charged();
+    latency_after_fork();
     close_lock_file();
     unlock_state();
 }

@@ -215,8 +215,12 @@ int latency_have_charged(void)
     return 0;
 }
 
-/* A forked child's charges belong to the parent. */
-void latency_forget_charged(void)
+/* In a forked child: the charges belong to the parent, and a GPU lock held by another
+ * thread of the parent at the fork would never be released. */
+void latency_after_fork(void)
 {
     memset(g_charged_ns, 0, sizeof g_charged_ns);
+    for (int i = 0; i < MAX_GPUS; i++)
+        if (pthread_mutex_init(&g_gpu_busy[i], NULL) != 0)
+            sim_debug("pthread_mutex_init failed");
 }

@@ -521,7 +521,7 @@ uint64_t latency_lifecycle_cost(enum sim_fn fn);
 void latency_settle(enum sim_fn fn, uint64_t ns);
 uint64_t latency_take_charged(enum sim_fn fn);
 int latency_have_charged(void);
-void latency_forget_charged(void);
+void latency_after_fork(void);
 
 /* handles.c */
 struct mig_ref {

@@ -162,7 +162,9 @@ void state_file_refresh_for_read(void)
         sim_debug("keeping the last good state of %s", g_path);
 }
 
-static void format_spans(char *buf, size_t cap, const struct sim_span *s, uint32_t n)
+/* "-" for none, else the items joined by commas: spans as START:SIZE, or plain numbers. */
+static void format_items(char *buf, size_t cap, const struct sim_span *spans,
+                         const uint32_t *values, uint32_t n)
 {
     size_t used = 0;
     buf[0] = '\0';
@@ -171,23 +173,10 @@ static void format_spans(char *buf, size_t cap, const struct sim_span *s, uint32
         return;
     }
     for (uint32_t i = 0; i < n && used < cap; i++) {
-        int w = snprintf(buf + used, cap - used, "%s%u:%u", i ? "," : "", s[i].start, s[i].size);
-        if (w < 0)
-            return;
-        used += (size_t)w;
-    }
-}
-
-static void format_list(char *buf, size_t cap, const uint32_t *v, uint32_t n)
-{
-    size_t used = 0;
-    buf[0] = '\0';
-    if (n == 0) {
-        copy_string(buf, cap, "-");
-        return;
-    }
-    for (uint32_t i = 0; i < n && used < cap; i++) {
-        int w = snprintf(buf + used, cap - used, "%s%u", i ? "," : "", v[i]);
+        const char *sep = i ? "," : "";
+        int w = spans ? snprintf(buf + used, cap - used, "%s%u:%u", sep, spans[i].start,
+                                 spans[i].size)
+                      : snprintf(buf + used, cap - used, "%s%u", sep, values[i]);
         if (w < 0)
             return;
         used += (size_t)w;
@@ -215,8 +204,8 @@ static void write_records(FILE *f, const struct sim_state *st)
         const struct sim_gpu *gpu = &st->gpus[g];
         for (uint32_t p = 0; p < gpu->ngips; p++) {
             const struct sim_gip *gip = &gpu->gips[p];
-            format_spans(spans, sizeof spans, gip->placements, gip->nplacements);
-            format_list(order, sizeof order, gip->order, gip->norder);
+            format_items(spans, sizeof spans, gip->placements, NULL, gip->nplacements);
+            format_items(order, sizeof order, NULL, gip->order, gip->norder);
             fprintf(f,
                     "gip gpu=%u index=0x%X id=%u slices=%u mslices=%u instances=%u memory=%llu "
                     "devmem=%llu sm=%u ce=%u dec=%u enc=%u jpeg=%u ofa=%u p2p=%u caps=%u "
@@ -227,7 +216,7 @@ static void write_records(FILE *f, const struct sim_state *st)
                     order, gip->name);
             for (uint32_t c = 0; c < gip->ncips; c++) {
                 const struct sim_cip *cip = &gip->cips[c];
-                format_spans(spans, sizeof spans, cip->placements, cip->nplacements);
+                format_items(spans, sizeof spans, cip->placements, NULL, cip->nplacements);
                 fprintf(f,
                         "cip gpu=%u gip=%u index=0x%X id=%u slices=%u instances=%u sm=%u ce=%u "
                         "dec=%u enc=%u jpeg=%u ofa=%u caps=%u placements=%s name=%s\n",

@@ -142,9 +142,12 @@ static int get_str(const struct sim_record *rec, const char *key, char *buf, siz
     return 0;
 }
 
-/* "0:1,1:1" or "-" (none). */
-static int get_spans(const struct sim_record *rec, const char *key, struct sim_span *out,
-                     uint32_t *n)
+/*
+ * A comma list or "-" (none), at most MAX_PLACEMENTS items, each number at most 64: spans
+ * "0:1,1:1" into `spans`, or plain numbers "6,4,5" into `values` (the other one NULL).
+ */
+static int get_items(const struct sim_record *rec, const char *key, struct sim_span *spans,
+                     uint32_t *values, uint32_t *n)
 {
     const struct sim_field *f = rec_get(rec, key);
     *n = 0;
@@ -154,40 +157,23 @@ static int get_spans(const struct sim_record *rec, const char *key, struct sim_s
     while (p < end) {
         const char *comma = memchr(p, ',', (size_t)(end - p));
         const char *item_end = comma ? comma : end;
-        const char *colon = memchr(p, ':', (size_t)(item_end - p));
-        uint64_t start, size;
+        const char *colon = spans ? memchr(p, ':', (size_t)(item_end - p)) : item_end;
+        uint64_t first, size = 1;
         if (*n == MAX_PLACEMENTS || colon == NULL ||
-            parse_u64(p, (size_t)(colon - p), &start) != 0 ||
-            parse_u64(colon + 1, (size_t)(item_end - colon - 1), &size) != 0 || size == 0 ||
-            start > 64 || size > 64) {
-            why("'%s': not a list of START:SIZE (at most %d)", key, MAX_PLACEMENTS);
+            parse_u64(p, (size_t)(colon - p), &first) != 0 ||
+            (spans && parse_u64(colon + 1, (size_t)(item_end - colon - 1), &size) != 0) ||
+            size == 0 || first > 64 || size > 64) {
+            why("'%s': not a list of %s (at most %d)", key, spans ? "START:SIZE" : "numbers",
+                MAX_PLACEMENTS);
             return -1;
         }
-        out[*n].start = (uint32_t)start;
-        out[*n].size = (uint32_t)size;
+        if (spans) {
+            spans[*n].start = (uint32_t)first;
+            spans[*n].size = (uint32_t)size;
+        } else {
+            values[*n] = (uint32_t)first;
+        }
         (*n)++;
-        p = comma ? comma + 1 : end;
-    }
-    return 0;
-}
-
-/* "6,4,5" or "-". */
-static int get_list(const struct sim_record *rec, const char *key, uint32_t *out, uint32_t *n)
-{
-    const struct sim_field *f = rec_get(rec, key);
-    *n = 0;
-    if (f == NULL || (f->vlen == 1 && f->val[0] == '-'))
-        return 0;
-    const char *p = f->val, *end = f->val + f->vlen;
-    while (p < end) {
-        const char *comma = memchr(p, ',', (size_t)(end - p));
-        const char *item_end = comma ? comma : end;
-        uint64_t v;
-        if (*n == MAX_PLACEMENTS || parse_u64(p, (size_t)(item_end - p), &v) != 0 || v > 64) {
-            why("'%s': not a list of numbers (at most %d)", key, MAX_PLACEMENTS);
-            return -1;
-        }
-        out[(*n)++] = (uint32_t)v;
         p = comma ? comma + 1 : end;
     }
     return 0;
@@ -285,8 +271,8 @@ static int parse_gip_record(const struct sim_record *rec, struct sim_state *st)
         get_u32(rec, "enc", &g.enc, 0) != 0 || get_u32(rec, "jpeg", &g.jpeg, 0) != 0 ||
         get_u32(rec, "ofa", &g.ofa, 0) != 0 || get_u32(rec, "p2p", &g.p2p, 0) != 0 ||
         get_u32(rec, "caps", &g.caps, 0) != 0 ||
-        get_spans(rec, "placements", g.placements, &g.nplacements) != 0 ||
-        get_list(rec, "order", g.order, &g.norder) != 0 ||
+        get_items(rec, "placements", g.placements, NULL, &g.nplacements) != 0 ||
+        get_items(rec, "order", NULL, g.order, &g.norder) != 0 ||
         get_str(rec, "name", g.name, sizeof g.name) != 0)
         return -1;
     g.devmem = g.memory;
@@ -355,7 +341,7 @@ static int parse_cip_record(const struct sim_record *rec, struct sim_state *st)
         get_u32(rec, "ce", &c.ce, 0) != 0 || get_u32(rec, "dec", &c.dec, 0) != 0 ||
         get_u32(rec, "enc", &c.enc, 0) != 0 || get_u32(rec, "jpeg", &c.jpeg, 0) != 0 ||
         get_u32(rec, "ofa", &c.ofa, 0) != 0 || get_u32(rec, "caps", &c.caps, 0) != 0 ||
-        get_spans(rec, "placements", c.placements, &c.nplacements) != 0 ||
+        get_items(rec, "placements", c.placements, NULL, &c.nplacements) != 0 ||
         get_str(rec, "name", c.name, sizeof c.name) != 0)
         return -1;
     if (c.index >= CIP_INDEX_COUNT || find_cip_by_index(gip, c.index) != NULL ||
