@@ -72,10 +72,13 @@ def library_path() -> str:
 @functools.lru_cache(maxsize=4)
 def _last_error_entry(library: str) -> Any:
     """``int migkitSimLastError(char *reason, unsigned int cap, unsigned int *line)`` of the
-    simulator library loaded from ``library`` (loading the path again finds the same copy)."""
+    simulator library loaded from ``library`` (loading the path again finds the same copy);
+    ``None`` for a library without it (not migkit's simulator)."""
     import ctypes
 
-    entry = ctypes.CDLL(library).migkitSimLastError
+    entry = getattr(ctypes.CDLL(library), "migkitSimLastError", None)
+    if entry is None:
+        return None
     entry.restype = ctypes.c_int
     entry.argtypes = (ctypes.c_char_p, ctypes.c_uint, ctypes.POINTER(ctypes.c_uint))
     return entry
@@ -90,9 +93,10 @@ def state_error(state_file: str | os.PathLike[str], library: str | None = None) 
     """
     import ctypes
 
+    entry = _last_error_entry(library or library_path())
     reason = ctypes.create_string_buffer(512)
     line = ctypes.c_uint(0)
-    if not _last_error_entry(library or library_path())(reason, len(reason), ctypes.byref(line)):
+    if entry is None or not entry(reason, len(reason), ctypes.byref(line)):
         return None
     text = reason.value.decode("utf-8", "replace")
     return SimulatorStateError(f"simulator state file: {text}", file=os.fspath(state_file), line=line.value or None)
