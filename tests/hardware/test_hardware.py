@@ -48,7 +48,7 @@ def test_every_required_model_is_bundled() -> None:
 
 
 def test_h100_table_matches_the_fact_sheet() -> None:
-    """H100 80GB: IDs, names, memory, SMs, caps and placements as observed (nvml-facts §8.4)."""
+    """H100 80GB: IDs, names, memory, SMs, caps and placements as observed as nvidia-smi mig -lgip shows them."""
     model = migkit.gpu_model("h100-80gb")
     rows = [
         (
@@ -76,7 +76,7 @@ def test_h100_table_matches_the_fact_sheet() -> None:
 
 
 def test_a100_40gb_names_follow_the_fact_sheet() -> None:
-    """A100-40GB profile names and memory (nvml-facts §8.1)."""
+    """A100-40GB profile names and memory as nvidia-smi mig -lgip shows them."""
     model = migkit.gpu_model("a100-40gb")
     assert {p.name: p.memory_mib for p in model.profiles} == {
         "1g.5gb": 4864,
@@ -114,7 +114,7 @@ def test_inferred_values_are_marked() -> None:
 
 
 def test_compute_profiles_follow_the_observed_lcip_table() -> None:
-    """3g GIs offer 1c x3, 2c x1 and the full 3g; the full one comes first (nvml-facts §6.9)."""
+    """3g GIs offer 1c x3, 2c x1 and the full 3g; the full one comes first."""
     profile = migkit.gpu_model("a100-40gb").profile("3g.20gb")
     assert [(c.id, c.name, c.instance_count, c.multiprocessors) for c in profile.compute_profiles] == [
         (2, "3g.20gb", 1, 42),

@@ -71,7 +71,7 @@ def compute_profiles_for(profile: Profile, architecture: int, base_1g_sms: int) 
         )
     if g == 1 and profile.memory_slices == 2 and architecture >= ARCH_HOPPER:
         # Hopper+: the 2x-memory 1g GI offers CI 7 with all its SMs (the default) and CI 0
-        # with the SMs of a plain 1g (observed on GH200, nvml-facts §6.9).
+        # with the SMs of a plain 1g (observed on GH200).
         rev1 = ComputeProfile(
             id=_CI_REV1,
             index=_CI_REV1,
