@@ -18,7 +18,8 @@ from migkit.errors import ConfigError
 from migkit.models import GpuState
 
 if TYPE_CHECKING:
-    from migkit.execution.executor import ApplyReport
+    from migkit.execution.report import ApplyReport
+    from migkit.nvml.node import NodeLike
 
 FORMAT_VERSION = "v1"
 
@@ -121,8 +122,9 @@ def load(text: str, *, file: str | None = None) -> Checkpoint:
     return Checkpoint(tuple(gpus))
 
 
-def restore(node: Any, saved: Checkpoint, **options: Any) -> ApplyReport:
-    """Make the node match the checkpoint at its exact placements (see :mod:`migkit.execution.executor`)."""
-    from migkit.execution import executor
+def restore(node: NodeLike, saved: Checkpoint, **options: Any) -> ApplyReport:
+    """Make the node match the checkpoint at its exact placements (see
+    :func:`migkit.execution.orchestrate.restore`)."""
+    from migkit.execution.orchestrate import restore as restore_checkpoint
 
-    return executor.restore(node, saved, **options)
+    return restore_checkpoint(node, saved, **options)
