@@ -147,7 +147,7 @@ def test_invalid_or_infeasible_config_fails_without_disruption(
         set_label(core, node.name, name)
         wait_for(f"{name} failed", lambda n=name: any(
             r == "MigConfigFailed" and repr(n) in m for _, r, m in events(core, node.name)))
-        assert node_labels(core, node.name)[STATE] == "failed"
+        wait_state(core, node.name, "failed")  # the Event comes just before the label
         message = next(m for _, r, m in events(core, node.name) if r == "MigConfigFailed" and repr(name) in m)
         assert why in message and "valid-config" in message
     assert not was_paused(rec.labels_seen(), mark)
