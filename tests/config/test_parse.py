@@ -371,10 +371,11 @@ def test_yaml_syntax_errors_are_config_errors_with_positions() -> None:
     assert "not valid YAML" in error_of("a: b\n---\nc: d\n").reason
 
 
-def test_duplicate_keys_are_refused() -> None:
-    """A key written twice in one mapping is an error naming the first occurrence."""
-    err = error_of(entry_doc("devices: all\nmig-enabled: false\ndevices: [0]"))
-    assert 'key "devices" appears twice (first on line 4)' in err.reason
+def test_duplicate_keys_warn_and_the_last_one_wins() -> None:
+    """A key written twice in one mapping warns, naming both lines; the later value is used."""
+    config = load_config(entry_doc("devices: all\nmig-enabled: false\ndevices: [0]"))
+    assert config.configs["c"][0].devices == (0,)
+    assert any('key "devices" appears twice (lines 4 and 6)' in w.message for w in config.warnings)
 
 
 def test_anchors_aliases_and_merge_keys() -> None:

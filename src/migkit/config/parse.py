@@ -59,6 +59,10 @@ class _Loader(yaml.SafeLoader):
 
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()
 _Loader.add_implicit_resolver(_TAG + "bool", re.compile(r"^(?:y|Y|n|N)$"), list("yYnN"))
+# go-yaml v2 also reads an exponent without a dot (1e0, 7E+0) as a float; YAML 1.1 does not.
+_Loader.add_implicit_resolver(
+    _TAG + "float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -334,20 +338,39 @@ class _Parser:
                     key_node, f"mapping keys must be strings, not {self.describe(key_node)}"
                 )
             explicit.append((key, key_node, value_node))
-        seen: dict[str, Node] = {}
-        for key, key_node, _ in explicit:
-            if key in seen:
-                first = seen[key].start_mark.line + 1
-                raise self.error(
-                    key_node, f"key {json.dumps(key)} appears twice (first on line {first})"
+        # A key written twice: the last one wins, as nvidia-mig-parted reads the file (its YAML
+        # goes through JSON into Go maps). The entry keeps the first key's place in the order.
+        chosen: dict[str, tuple[str, Node, Node]] = {}
+        for key, key_node, value_node in explicit:
+            earlier = chosen.get(key)
+            if earlier is not None:
+                first = earlier[1].start_mark.line + 1
+                again = key_node.start_mark.line + 1
+                self.warn(
+                    key_node,
+                    f"key {json.dumps(key)} appears twice (lines {first} and {again}); "
+                    f"the value on line {again} is used",
                 )
-            seen[key] = key_node
-        result = list(explicit)
+            chosen[key] = (key, key_node, value_node)
+        result = list(chosen.values())
         for key, key_node, value_node in merged:
-            if key not in seen:
-                seen[key] = key_node
+            if key not in chosen:
+                chosen[key] = (key, key_node, value_node)
                 result.append((key, key_node, value_node))
         return result
+
+    def whole_number(self, node: Node, what: str) -> int | None:
+        """An int, or a float with no fraction (``7.0``) read as one with a warning."""
+        kind = self.kind(node)
+        if kind == "int":
+            value: int = self.scalar(node)
+            return value
+        if kind == "float":
+            number = self.scalar(node)
+            if number.is_integer() and abs(number) < 2**63:
+                self.warn(node, f"{what} is {node.value}, read as the whole number {int(number)}")
+                return int(number)
+        return None
 
     # -- structure ---------------------------------------------------------------------------
 
@@ -479,16 +502,17 @@ class _Parser:
             fields[key] = value
         devices = self.devices(where, node, fields.get("devices"))
         enabled_node = fields.get("mig-enabled")
-        if enabled_node is None or self.kind(enabled_node) == "null":
-            raise self.error(
-                enabled_node or node, f"{where}: mig-enabled is required (true or false)"
-            )
-        if self.kind(enabled_node) != "bool":
+        if enabled_node is None:
+            raise self.error(node, f"{where}: mig-enabled is required (true or false)")
+        if self.kind(enabled_node) == "null":
+            # nvidia-mig-parted decodes null into Go's zero value: false.
+            self.warn(enabled_node, f"{where}: mig-enabled is null and is read as false")
+        elif self.kind(enabled_node) != "bool":
             raise self.error(
                 enabled_node,
                 f"{where}: mig-enabled must be true or false, not {self.describe(enabled_node)}",
             )
-        enabled = bool(self.scalar(enabled_node))
+        enabled = self.scalar(enabled_node) is True
         counts, marks = self.mig_devices(where, node, enabled, fields.get("mig-devices"))
         filters = self.device_filters(where, fields.get("device-filter"))
         mark = node.start_mark
@@ -514,12 +538,11 @@ class _Parser:
         if isinstance(node, SequenceNode):
             indices: list[int] = []
             for item in node.value:
-                kind = self.kind(item)
-                if kind != "int":
+                value = self.whole_number(item, f"{where}: a GPU index")
+                if value is None:
                     raise self.error(
                         item, f"{where}: a GPU index must be an integer, not {self.describe(item)}"
                     )
-                value = self.scalar(item)
                 if value < 0:
                     raise self.error(item, f"{where}: GPU index {value} is negative")
                 indices.append(value)
@@ -571,14 +594,13 @@ class _Parser:
                     key_node,
                     f"{where}: {json.dumps(key)} is not a MIG profile name {_NAME_EXAMPLE}",
                 ) from None
-            kind = self.kind(value)
-            if kind != "int":
+            count = self.whole_number(value, f"{where}: the count of {key}")
+            if count is None:
                 raise self.error(
                     value,
                     f"{where}: the count of {key} must be a whole number, "
                     f"not {self.describe(value)}",
                 )
-            count = self.scalar(value)
             if count < 0:
                 raise self.error(
                     value, f"{where}: the count of {key} must not be negative ({count})"
@@ -625,8 +647,8 @@ class _Parser:
         if kind == "int":
             self.warn(
                 node,
-                f"{where}: device-filter {text} was read as a number; quote device IDs "
-                f'("{parsed}")',
+                f"{where}: device-filter {text} is read as a number, which nvidia-mig-parted "
+                f'refuses (it rejects the whole file); quote device IDs ("{parsed}")',
             )
         elif parsed.matches_all:
             self.warn(node, f'{where}: device-filter "" matches every GPU')
