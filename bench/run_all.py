@@ -27,6 +27,7 @@ BENCHMARKS = {
     "solver": ("bench_solver.py", [], []),
     "apply": ("bench_apply.py", [], ["--repeat", "1"]),
     "cli": ("bench_cli.py", [], ["--repeat", "5"]),
+    "config": ("bench_config.py", [], ["--repeat", "1"]),
 }
 
 
@@ -47,6 +48,10 @@ def load(name: str) -> dict[str, object]:
 
 def rows() -> list[tuple[str, str, str, str]]:
     snap, solver, apply_, cli = load("snapshot"), load("solver"), load("apply"), load("cli")
+    config_rows = {row["megabytes"]: row for row in load("config")["rows"]}  # type: ignore[attr-defined]
+    biggest = config_rows[max(config_rows)]
+    smallest = config_rows[min(config_rows)]
+    per_mb = "/".join(f"{config_rows[mb]['migkit_s_per_mb']:.2f}" for mb in sorted(config_rows))
     ratios = snap["ratios"]  # type: ignore[index]
     s = solver["solve"]["first pass"]  # type: ignore[index]
     reconf = solver["reconfigurations"]  # type: ignore[index]
@@ -115,6 +120,18 @@ def rows() -> list[tuple[str, str, str, str]]:
             "-",
             "-",
         ),  # type: ignore[arg-type]
+        (
+            f"config load, {biggest['megabytes']:g} MB: migkit / PyYAML CSafeLoader",
+            f"{biggest['ratio']:.2f}x ({biggest['migkit_s']:.1f} s)",
+            "<= 1.5x",
+            ok(biggest["ratio"] <= 1.5),
+        ),
+        (
+            f"config load, s/MB at {'/'.join(f'{mb:g}' for mb in sorted(config_rows))} MB (linear)",
+            per_mb,
+            "flat (<= 2x)",
+            ok(biggest["migkit_s_per_mb"] <= 2 * smallest["migkit_s_per_mb"]),
+        ),
     ]
 
 

@@ -63,7 +63,7 @@ EXAMPLE = doc(
 
 
 def test_the_fact_sheet_example_loads() -> None:
-    """The illustrative file of facts §1.3 loads into the expected entries."""
+    """An illustrative mixed-node file loads into the expected entries."""
     config = load_config(EXAMPLE)
     first, second = config.configs["mixed-node"]
     assert first.devices == "all" and first.mig_enabled
@@ -309,7 +309,8 @@ def test_v21_counts_must_be_integers(value: str, says: str) -> None:
 
 
 def test_counts_canonicalise_and_sum() -> None:
-    """Keys are canonicalised and duplicates that canonicalise alike are summed (P2)."""
+    """Keys are canonicalised and duplicates that canonicalise alike are summed,
+    so 1c.1g.5gb and 1g.5gb are one profile, not a perpetual difference."""
     entry = only_entry(
         entry_doc(
             "devices: all\nmig-enabled: true\nmig-devices: {1c.1g.5gb: 2, 1g.5gb: 3, 01g.05gb: 1}"
@@ -430,7 +431,7 @@ def test_non_string_config_names_become_strings() -> None:
 
 
 def test_select_rules() -> None:
-    """§2.3: one config is picked automatically; several need a name; unknown names fail."""
+    """One config is picked automatically; several need a name; unknown names fail."""
     one = load_config(entry_doc("devices: all\nmig-enabled: false"))
     assert select(one, None).name == "c"
     two = load_config(

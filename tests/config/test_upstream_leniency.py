@@ -105,10 +105,9 @@ def test_duplicate_keys_last_wins_with_a_warning_naming_both_lines() -> None:
     assert list(config.configs) == ["a", "b"]
     assert dict(config.configs["a"][0].mig_devices) == {"1g.10gb": 4}
     messages = [str(w) for w in warnings_of(DUPLICATE_KEYS)]
-    assert any(
-        m.startswith("up.yaml:11:3:") and 'key "a" appears twice (lines 3 and 11)' in m
-        for m in messages
-    ), messages
+    assert any(m.startswith("up.yaml:11:3:") and 'key "a" appears twice (lines 3 and 11)' in m for m in messages), (
+        messages
+    )
     assert any('key "1g.10gb" appears twice (lines 15 and 16)' in m for m in messages), messages
 
 
@@ -174,9 +173,7 @@ def test_unquoted_hex_filter_is_accepted_with_a_warning_that_upstream_refuses_it
     [(DUPLICATE_KEYS, True), (FLOAT_COUNTS, True), (NULL_ENABLED, True), (HEX_FILTER, False)],
     ids=["duplicate-keys", "float-counts", "null-enabled", "unquoted-hex-filter"],
 )
-def test_the_peer_agrees_about_what_upstream_accepts(
-    tmp_path: Path, text: str, upstream_accepts: bool
-) -> None:
+def test_the_peer_agrees_about_what_upstream_accepts(tmp_path: Path, text: str, upstream_accepts: bool) -> None:
     """nvidia-mig-parted itself accepts the leniencies and refuses the unquoted hex filter."""
     verdict = peer_accepts(tmp_path, text)
     if verdict is None:
