@@ -226,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("checkpoint", "save the exact MIG state (placements included)", _cmd_checkpoint)
     p.add_argument("-f", "--checkpoint-file", help="output file (env MIG_PARTED_CHECKPOINT_FILE)")
+    p.add_argument(
+        "--format",
+        choices=("migkit", "mig-parted"),
+        default="migkit",
+        help="file format: migkit's (default) or nvidia-mig-parted's; restore reads both",
+    )
 
     p = command("restore", "restore a checkpoint at its exact placements", _cmd_restore)
     p.add_argument(
@@ -468,7 +474,8 @@ def _cmd_checkpoint(args: argparse.Namespace) -> int:
     if not path:
         raise UsageError("a checkpoint file is required: -f/--checkpoint-file FILE")
     with open_node_from_args(args) as node:
-        text = checkpoint.dump(checkpoint.capture(node.snapshot()))
+        gpus = node.snapshot()
+        text = checkpoint.dump(checkpoint.capture(gpus), args.format, gpus)
     with open(path, "w", encoding="utf-8") as out:
         out.write(text)
     return EXIT_OK
@@ -480,9 +487,9 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     path = args.checkpoint_file or _env("MIG_PARTED_CHECKPOINT_FILE")
     if not path:
         raise UsageError("a checkpoint file is required: -f/--checkpoint-file FILE")
-    with open(path, encoding="utf-8") as f:
-        saved = checkpoint.load(f.read(), file=path)
+    saved = checkpoint.read(path)  # validated before the node is opened
     with open_node_from_args(args) as node:
+        saved = checkpoint.for_node(saved, node.snapshot(), file=path)
         report = checkpoint.restore(
             node,
             saved,
