@@ -209,6 +209,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
 
+    p = command(
+        "status",
+        "the current layout: GPU and compute instances, placements, MIG device UUIDs, PIDs",
+        _cmd_status,
+    )
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+
+    p = command("configs", "the configs of a file, and whether each fits this node", _cmd_configs)
+    p.add_argument(
+        "-f", "--config-file", help="mig-parted config file, '-' for stdin (env MIG_PARTED_CONFIG_FILE)"
+    )
+    p.add_argument(
+        "--gpu",
+        action="append",
+        metavar="MODEL",
+        help="check against these bundled models (repeatable) instead of the node",
+    )
+    p.add_argument(
+        "--no-check", action="store_true", help="list only; do not check against any hardware"
+    )
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+
     p = command("labels", "GPU-feature-discovery node labels for the current state", _cmd_labels)
     p.add_argument(
         "--strategy",
@@ -448,6 +470,33 @@ def _cmd_profiles(args: argparse.Namespace) -> int:
         with open_node_from_args(args) as node:
             text = report.profiles_table(node.snapshot(), args.output)
     _write(text)
+    return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from migkit import status
+
+    with open_node_from_args(args) as node:
+        _write(status.render_status(node.snapshot(), args.output))
+    return EXIT_OK
+
+
+def _cmd_configs(args: argparse.Namespace) -> int:
+    from migkit import configs
+
+    args.selected_config = None
+    config, _ = _load_selected(args)
+    if args.no_check:
+        _write(configs.render_configs(config, fmt=args.output))
+        return EXIT_OK
+    if args.gpu:
+        from migkit.hardware import gpu_model
+
+        models = [gpu_model(name) for name in args.gpu]
+        _write(configs.render_configs(config, models=models, fmt=args.output))
+        return EXIT_OK
+    with open_node_from_args(args) as node:
+        _write(configs.render_configs(config, gpus=node.snapshot(), fmt=args.output))
     return EXIT_OK
 
 
