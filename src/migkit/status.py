@@ -76,6 +76,7 @@ def status_document(gpus: Sequence[GpuState]) -> dict[str, Any]:
                 "name": gpu.name,
                 "model": gpu.model_name or None,
                 "bus_id": gpu.bus_id,
+                "architecture": gpu.architecture,
                 "mig_capable": gpu.mig_capable,
                 "mig_mode": _mode_word(gpu.mig_mode) if gpu.mig_capable else None,
                 "pending_mig_mode": (
