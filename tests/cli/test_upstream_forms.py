@@ -96,9 +96,7 @@ def test_valid_config_answers_alike_with_the_flag_and_the_variable(
     assert with_flag == with_env == 2
 
 
-def test_labels_strategy_none_and_gpu_present_on_request(
-    node: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_labels_strategy_none_and_gpu_present_on_request(node: str, capsys: pytest.CaptureFixture[str]) -> None:
     """`labels --strategy none` (GFD's default) works; gpu.present only with --gpu-present."""
     assert main(["--sim-state", node, "labels", "--strategy", "none"]) == 0
     out = capsys.readouterr().out
