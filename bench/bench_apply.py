@@ -21,7 +21,6 @@ import time
 import migkit
 from migkit import simulator
 from migkit.config import parse_config
-from migkit.execution import executor
 
 CONFIG = """\
 version: v1
@@ -39,7 +38,7 @@ def apply_once(gpus: int, directory: str) -> tuple[float, dict[str, int]]:
     config = parse_config(CONFIG)
     with migkit.open_node(sim_state=state) as node:
         start = time.perf_counter()
-        report = executor.apply(node, config, executor.ApplyOptions(selected_config="all-balanced"))
+        report = migkit.apply(node, config, "all-balanced")
         elapsed = time.perf_counter() - start
     if not report.ok:
         raise SystemExit(f"apply failed on {gpus} GPUs:\n{report.summary()}")

@@ -24,7 +24,19 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
+    "apply": "migkit.execution.orchestrate",
     "ApplyError": "migkit.errors",
+    "ApplyReport": "migkit.execution.report",
+    "assert_config": "migkit.execution.orchestrate",
+    "AssertResult": "migkit.execution.report",
+    "Checkpoint": "migkit.checkpoint",
+    "CoverageStatus": "migkit.models",
+    "GpuOutcome": "migkit.execution.report",
+    "MigMode": "migkit.models",
+    "NodeLike": "migkit.nvml.node",
+    "Outcome": "migkit.models",
+    "ResetFailed": "migkit.errors",
+    "restore": "migkit.execution.orchestrate",
     "canonical_name": "migkit.names",
     "ComputeInstance": "migkit.models",
     "ComputeProfile": "migkit.models",
@@ -90,7 +102,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from migkit import hardware, models, simulator
+    from migkit import hardware, models, names, simulator
+    from migkit.checkpoint import Checkpoint
     from migkit.config import ConfigEntry, MigConfigFile, load_config, select
     from migkit.config.filters import DeviceFilter
     from migkit.errors import (
@@ -106,22 +119,28 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         NvmlError,
         NvmlLibraryNotFound,
         ReadOnlyError,
+        ResetFailed,
         ResetRequired,
         UnknownModelError,
         UnknownProfileError,
     )
+    from migkit.execution.orchestrate import apply, assert_config, restore
+    from migkit.execution.report import ApplyReport, AssertResult, GpuOutcome
     from migkit.hardware import gpu_model, gpu_models
     from migkit.models import (
         ComputeInstance,
         ComputeProfile,
+        CoverageStatus,
         GpuInstance,
         GpuModel,
         GpuState,
+        MigMode,
+        Outcome,
         Placement,
         Profile,
     )
     from migkit.names import ProfileName, canonical_name, parse_profile_name
-    from migkit.nvml.node import Node, open_node
+    from migkit.nvml.node import Node, NodeLike, open_node
     from migkit.planning.plan import GpuPlan, NodePlan, plan_node, plan_offline, render_plan
     from migkit.planning.solver import Layout, PlacedCompute, PlacedInstance, solve
     from migkit.simulator import simulate

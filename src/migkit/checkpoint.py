@@ -51,7 +51,8 @@ from migkit.hardware import planning_model
 from migkit.models import GpuState, Profile
 
 if TYPE_CHECKING:
-    from migkit.execution.executor import ApplyReport
+    from migkit.execution.report import ApplyReport
+    from migkit.nvml.node import NodeLike
 
 __all__ = [
     "FORMATS",
@@ -675,10 +676,11 @@ def for_node(checkpoint: Checkpoint, gpus: Sequence[GpuState], *, file: str | No
     return Checkpoint(tuple(resolved), format=checkpoint.format, resolved=True)
 
 
-def restore(node: Any, saved: Checkpoint, **options: Any) -> ApplyReport:
-    """Make the node match the checkpoint at its exact placements (see :mod:`migkit.execution.executor`)."""
-    from migkit.execution import executor
+def restore(node: NodeLike, saved: Checkpoint, **options: Any) -> ApplyReport:
+    """Make the node match the checkpoint at its exact placements (see
+    :func:`migkit.execution.orchestrate.restore`)."""
+    from migkit.execution.orchestrate import restore as restore_checkpoint
 
     if not saved.resolved:
         saved = for_node(saved, node.snapshot(), file=options.get("checkpoint_file"))
-    return executor.restore(node, saved, **options)
+    return restore_checkpoint(node, saved, **options)

@@ -350,30 +350,30 @@ def _simulated(args: argparse.Namespace) -> bool:
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
-    from migkit.execution import executor
+    from migkit.execution.orchestrate import apply
 
     config, selected = _load_selected(args)
-    options = executor.ApplyOptions(
-        selected_config=selected,
-        config_file=args.config_file or _env("MIG_PARTED_CONFIG_FILE") or "",
-        hooks_file=args.hooks_file or _env("MIG_PARTED_HOOKS_FILE"),
-        skip_reset=_flag(args, "skip_reset", "MIG_PARTED_SKIP_RESET"),
-        mode_only=_flag(args, "mode_only", "MIG_PARTED_MODE_CHANGE_ONLY"),
-        dry_run=args.dry_run,
-        strict_coverage=_strict(args),
-        debug=_debug(args),
-        inherit_env=args.inherit_env or env_bool("MIGKIT_HOOKS_INHERIT_ENV"),
-    )
     with open_node_from_args(args) as node:
-        report = executor.apply(
-            node, config, options, progress=None if args.output == "json" else sys.stdout
+        report = apply(
+            node,
+            config,
+            selected,
+            config_file=args.config_file or _env("MIG_PARTED_CONFIG_FILE") or "",
+            hooks_file=args.hooks_file or _env("MIG_PARTED_HOOKS_FILE"),
+            skip_reset=_flag(args, "skip_reset", "MIG_PARTED_SKIP_RESET"),
+            mode_only=_flag(args, "mode_only", "MIG_PARTED_MODE_CHANGE_ONLY"),
+            dry_run=args.dry_run,
+            strict_coverage=_strict(args),
+            debug=_debug(args),
+            inherit_env=args.inherit_env or env_bool("MIGKIT_HOOKS_INHERIT_ENV"),
+            progress=None if args.output == "json" else sys.stdout,
         )
     _write(report.to_json() if args.output == "json" else report.summary())
     return report.exit_code
 
 
 def _cmd_assert(args: argparse.Namespace) -> int:
-    from migkit.execution import executor
+    from migkit.execution.orchestrate import assert_config
 
     config, selected = _load_selected(args)
     valid_only = _flag(args, "valid_config", "MIG_PARTED_VALID_CONFIG")
@@ -385,7 +385,7 @@ def _cmd_assert(args: argparse.Namespace) -> int:
         if not _simulated(args):
             return EXIT_OK
     with open_node_from_args(args) as node:
-        result = executor.assert_config(
+        result = assert_config(
             node,
             config,
             selected,

@@ -32,7 +32,6 @@ from typing import Any
 import attrs
 import yaml
 
-from migkit.hardware import canonical_from_nvml
 from migkit.models import GpuState
 
 __all__ = ["ConfigDocument", "device_id_string", "export_config", "gpu_mig_devices", "render"]
@@ -56,12 +55,7 @@ def gpu_mig_devices(gpu: GpuState) -> dict[str, int]:
     instance under the GI's name (``3g.40gb``), a smaller one as ``1c.3g.40gb``. GPU instances
     without compute instances contribute nothing (as upstream reads state).
     """
-    counts: dict[str, int] = {}
-    for gi in gpu.gpu_instances:
-        for ci in gi.compute_instances:
-            name = canonical_from_nvml(ci.profile)
-            counts[name] = counts.get(name, 0) + 1
-    return dict(sorted(counts.items()))
+    return dict(gpu.device_counts())
 
 
 @attrs.frozen

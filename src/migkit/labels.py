@@ -52,8 +52,8 @@ from typing import Literal
 import attrs
 
 from migkit.errors import MigkitError
-from migkit.hardware import canonical_from_nvml
 from migkit.models import ComputeInstance, GpuInstance, GpuState
+from migkit.names import canonical_from_nvml
 
 __all__ = [
     "STRATEGIES",

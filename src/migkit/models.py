@@ -6,9 +6,12 @@ Placements of GPU instances count **memory slices**; placements of compute insta
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable
 
 import attrs
+
+from migkit.names import ProfileCounts, canonical_from_nvml
 
 # NVML GPU-instance profile indices (the argument of ...GetGpuInstanceProfileInfo).
 GI_INDEX_NAMES: dict[int, str] = {
@@ -31,16 +34,54 @@ GI_INDEX_NAMES: dict[int, str] = {
     0x10: "2_SLICE_ALL_ME",
     0x11: "3_SLICE_GFX",
 }
-GI_INDEX_COUNT = 0x12
 ALL_ME_INDICES = frozenset({0x0F, 0x10})
 NO_ME_INDICES = frozenset({0x0D, 0x0E})
 
-ARCH_AMPERE = 7
-ARCH_HOPPER = 9
-ARCH_BLACKWELL = 10
+ARCH_HOPPER = 9  # NVML's architecture number for Hopper; Ampere is 7
 
-MIG_DISABLED = 0
-MIG_ENABLED = 1
+
+class MigMode(enum.IntEnum):
+    """A GPU's MIG mode as NVML reports it."""
+
+    DISABLED = 0
+    ENABLED = 1
+
+
+MIG_DISABLED = MigMode.DISABLED
+MIG_ENABLED = MigMode.ENABLED
+
+
+class _TextEnum(str, enum.Enum):
+    """A string-valued Enum that prints and formats as its value (and equals it)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class CoverageStatus(_TextEnum):
+    """Whether a config governs a GPU: ``covered``, ``not covered`` (left untouched) or
+    ``skipped`` (not MIG-capable, reached only through ``devices: all``)."""
+
+    COVERED = "covered"
+    NOT_COVERED = "not covered"
+    SKIPPED = "skipped"
+
+
+class Outcome(_TextEnum):
+    """What an apply or restore did to one GPU."""
+
+    UNCHANGED = "unchanged"
+    APPLIED = "applied"
+    RESTORED = "restored"
+    FAILED = "failed"
+    NOT_ATTEMPTED = "not attempted"
+    NOT_COVERED = "not covered"
+    SKIPPED = "skipped"
+    COVERED = "covered"  # covered, but nothing to do: a GPU without MIG that should stay so
+    PENDING = "pending reset"
 
 
 @attrs.frozen(order=True)
@@ -121,6 +162,11 @@ class Profile:
     device_memory_mib: int = 0  # memory a MIG device of this profile reports (0 = memory_mib)
     mark: str = "observed"
     placements_mark: str = "observed"
+
+    @property
+    def sort_key(self) -> tuple[int, int, int]:
+        """The order ``nvidia-smi mig -lgip`` lists profiles in (19, 20, 15, 14, 9, 5, 0 on H100)."""
+        return (self.slice_count, self.memory_mib, self.index)
 
     @property
     def all_me(self) -> bool:
@@ -238,6 +284,11 @@ class GpuState:
     profiles: tuple[Profile, ...] = ()
     gpu_instances: tuple[GpuInstance, ...] = ()
     model_name: str = ""  # bundled model this GPU matches, "" if none
+    # Reads that failed, each naming the NVML call, what it was for and the error
+    # ("nvmlDeviceGetComputeRunningProcesses_v3 (MIG device 2): NOT_SUPPORTED"). A fact behind a
+    # failed read is unknown, and an unknown is never "fine": a GPU with any is neither changed
+    # nor reported as matching.
+    unknown: tuple[str, ...] = ()
 
     @property
     def mig_enabled(self) -> bool:
@@ -249,6 +300,16 @@ class GpuState:
 
     def profile(self, key: str | int) -> Profile:
         return self.as_model().profile(key)
+
+    def device_counts(self) -> ProfileCounts:
+        """MIG devices by canonical profile name (see :func:`device_counts`); none while MIG is
+        disabled."""
+        return device_counts(self.gpu_instances) if self.mig_enabled else ProfileCounts()
+
+    def orphan_instances(self) -> tuple[GpuInstance, ...]:
+        """GPU instances without compute instances: no MIG device, so invisible to
+        nvidia-mig-parted, which therefore never clears them."""
+        return tuple(gi for gi in self.gpu_instances if not gi.compute_instances)
 
     def as_model(self) -> GpuModel:
         """This GPU's geometry as a :class:`GpuModel`, for the solver."""
@@ -264,3 +325,13 @@ class GpuState:
             max_mig_devices=max((pr.instance_count for pr in self.profiles), default=0),
             profiles=self.profiles,
         )
+
+
+def device_counts(instances: Iterable[GpuInstance]) -> ProfileCounts:
+    """MIG devices by canonical profile name, as a config's ``mig-devices`` says them.
+
+    Each compute instance counts once under its own profile: a CI covering its whole GPU
+    instance under the GI's name (``3g.40gb``), a smaller one as ``1c.3g.40gb``. A GPU
+    instance without compute instances contributes nothing (it is no MIG device).
+    """
+    return ProfileCounts((canonical_from_nvml(ci.profile), 1) for gi in instances for ci in gi.compute_instances)

@@ -21,6 +21,7 @@ through :func:`canonical_counts` (canonical keys, zero counts dropped, duplicate
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator, Mapping
 
@@ -30,6 +31,7 @@ __all__ = [
     "ProfileCounts",
     "ProfileName",
     "canonical_counts",
+    "canonical_from_nvml",
     "canonical_name",
     "computed_gb",
     "name_from_nvml",
@@ -161,8 +163,21 @@ def name_from_nvml(nvml_name: str) -> str:
     return canonical_name((rest if marker else nvml_name).strip())
 
 
+@functools.cache
+def canonical_from_nvml(nvml_name: str) -> str:
+    """``"MIG 1g.10gb"`` -> ``"1g.10gb"``; ``"MIG 1c.1g.10gb"`` -> ``"1g.10gb"``.
+
+    Names that do not follow the profile grammar are kept as NVML gives them (without the
+    ``MIG`` prefix), so that an unexpected driver name is shown rather than lost.
+    """
+    try:
+        return name_from_nvml(nvml_name)
+    except ValueError:
+        return nvml_name.removeprefix("MIG ").strip()
+
+
 def computed_gb(memory_mib: int, device_total_bytes: int) -> int:
-    """The GB number mig-parted puts in a profile name (facts §1.6), in exact integers.
+    """The GB number mig-parted puts in a profile name when it computes one, in exact integers.
 
     ``k = ceil(8 * mem / total)`` eighths of the board, ``totalGB = ceil(total / 2**30)``, and
     ``GB = round_half_away_from_zero(k * totalGB / 8)``::

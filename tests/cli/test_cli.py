@@ -12,7 +12,7 @@ import pytest
 import migkit
 from migkit import simulator
 from migkit.cli import main
-from migkit.execution import executor
+from migkit.execution import host
 
 BALANCED = """\
 version: v1
@@ -154,7 +154,7 @@ def test_checkpoint_and_restore_exact_placements(node: str, cfg: str, tmp_path: 
     with migkit.open_node(sim_state=node) as n:
         gpus = n.snapshot()
     assert [sorted((gi.profile_id, gi.start, gi.size) for gi in g.gpu_instances) for g in gpus] == before
-    assert all(executor.current_counts(g) == {"1g.10gb": 2, "2g.20gb": 1, "3g.40gb": 1} for g in gpus)
+    assert all(g.device_counts() == {"1g.10gb": 2, "2g.20gb": 1, "3g.40gb": 1} for g in gpus)
     calls = mutating_calls(node)
     assert main(["--sim-state", node, "restore", "-f", str(saved)]) == 0
     assert mutating_calls(node) == calls  # already restored: nothing touched
@@ -231,12 +231,12 @@ def test_reset_blockers_are_found_before_a_reset(tmp_path: Path) -> None:
     (proc / "12").mkdir()
     (proc / "12" / "comm").write_text("bash\n")
     (proc / "modules").write_text("nvidia_uvm 1 0 - Live 0x0\nnvidia_drm 2 3 - Live 0x0\nnvidia 5 1 - Live 0x0\n")
-    found = executor.reset_blockers(str(proc))
+    found = host.reset_blockers(str(proc))
     assert any("nvidia_drm" in b for b in found)
     assert any("nvidia-persistenced" in b and "4711" in b for b in found)
     (proc / "modules").write_text("nvidia 5 1 - Live 0x0\n")
     (proc / "4711" / "comm").write_text("sshd\n")
-    assert executor.reset_blockers(str(proc)) == []
+    assert host.reset_blockers(str(proc)) == []
 
 
 def test_a_file_that_is_not_a_simulated_node_is_a_usage_error(tmp_path: Path, cfg: str,

@@ -16,7 +16,6 @@ import migkit
 from migkit import simulator
 from migkit.cli import main as cli_main
 from migkit.config import load_config
-from migkit.execution import executor
 
 MUTATING = (
     "nvmlDeviceSetMigMode",
@@ -127,7 +126,7 @@ def test_single_strategy_all_1g_10gb(
     assert run_cli("assert", "-f", config_file, "-c", "all-1g.10gb", state=node8) == 0
     gpus = snapshot(node8)
     assert all(len(g.gpu_instances) == 7 for g in gpus)
-    assert all(executor.current_counts(g) == {"1g.10gb": 7} for g in gpus)
+    assert all(g.device_counts() == {"1g.10gb": 7} for g in gpus)
     capsys.readouterr()
     assert run_cli("labels", "--strategy", "single", "-o", "json", state=node8) == 0
     import json
@@ -175,7 +174,7 @@ def test_reconfigure_all_balanced_to_all_3g(node8: str, config_file: str) -> Non
     assert run_cli("apply", "-f", config_file, "-c", "all-3g.40gb", state=node8) == 0
     assert run_cli("assert", "-f", config_file, "-c", "all-3g.40gb", state=node8) == 0
     for gpu in snapshot(node8):
-        assert executor.current_counts(gpu) == {"3g.40gb": 2}
+        assert gpu.device_counts() == {"3g.40gb": 2}
         assert any(
             gi.id == before[gpu.index].id and gi.start == before[gpu.index].start
             for gi in gpu.gpu_instances
@@ -190,7 +189,7 @@ def test_keeping_instances_destroys_one_gi_per_gpu(node8: str, config_file: str)
     after = simulator.stats(node8)
     destroyed = after.get("nvmlGpuInstanceDestroy", 0) - before.get("nvmlGpuInstanceDestroy", 0)
     assert destroyed == 8
-    assert all(executor.current_counts(g) == {"3g.40gb": 1, "1g.10gb": 4} for g in snapshot(node8))
+    assert all(g.device_counts() == {"3g.40gb": 1, "1g.10gb": 4} for g in snapshot(node8))
 
 
 def test_custom_per_device_config(tmp_path: Path, config_file: str) -> None:
@@ -199,9 +198,9 @@ def test_custom_per_device_config(tmp_path: Path, config_file: str) -> None:
     assert run_cli("apply", "-f", config_file, "-c", "custom-mig", state=state) == 0
     gpus = snapshot(state)
     assert not gpus[0].mig_enabled
-    assert executor.current_counts(gpus[1]) == {"1g.10gb": 2}
-    assert executor.current_counts(gpus[2]) == {"2g.20gb": 2, "3g.40gb": 1}
-    assert executor.current_counts(gpus[3]) == {"3g.40gb": 1, "4g.40gb": 1}
+    assert gpus[1].device_counts() == {"1g.10gb": 2}
+    assert gpus[2].device_counts() == {"2g.20gb": 2, "3g.40gb": 1}
+    assert gpus[3].device_counts() == {"3g.40gb": 1, "4g.40gb": 1}
     assert not gpus[4].mig_enabled  # not covered: untouched
     assert run_cli("assert", "-f", config_file, "-c", "custom-mig", state=state) == 0
 
@@ -209,7 +208,7 @@ def test_custom_per_device_config(tmp_path: Path, config_file: str) -> None:
 def test_five_1g_one_2g_then_all_disabled(node8: str, config_file: str) -> None:
     """five-1g-one-2g applies on every GPU, and all-disabled turns MIG off again."""
     assert run_cli("apply", "-f", config_file, "-c", "five-1g-one-2g", state=node8) == 0
-    assert all(executor.current_counts(g) == {"1g.10gb": 5, "2g.20gb": 1} for g in snapshot(node8))
+    assert all(g.device_counts() == {"1g.10gb": 5, "2g.20gb": 1} for g in snapshot(node8))
     assert run_cli("apply", "-f", config_file, "-c", "all-disabled", state=node8) == 0
     assert all(not g.mig_enabled and not g.gpu_instances for g in snapshot(node8))
     assert run_cli("assert", "-f", config_file, "-c", "all-disabled", state=node8) == 0
@@ -274,12 +273,10 @@ def test_skip_reset_reports_pending_mode(tmp_path: Path) -> None:
     assert snapshot(state)[0].mig_enabled
 
 
-def _apply_in_process(state: str, config_file: str, name: str) -> executor.ApplyReport:
+def _apply_in_process(state: str, config_file: str, name: str) -> migkit.ApplyReport:
     config = load_config(config_file)
     with migkit.open_node(sim_state=state) as node:
-        return executor.apply(
-            node, config, executor.ApplyOptions(selected_config=name, config_file=config_file)
-        )
+        return migkit.apply(node, config, name, config_file=config_file)
 
 
 def _leaks(gpu: migkit.GpuState) -> list[str]:
@@ -302,7 +299,7 @@ def test_fault_at_every_mutating_call_restores_and_converges(
     for n in range(1, calls + 1):
         state = tmp_path / f"s{n}.state"
         state.write_text(Path(base).read_text())
-        previous = {g.index: executor.current_counts(g) for g in snapshot(str(state))}
+        previous = {g.index: g.device_counts() for g in snapshot(str(state))}
         monkeypatch.setenv("MIGKIT_SIM_FAULTS", f"{function}@{n}=INSUFFICIENT_RESOURCES")
         report = _apply_in_process(str(state), config_file, "five-1g-one-2g")
         monkeypatch.delenv("MIGKIT_SIM_FAULTS")
@@ -310,7 +307,7 @@ def test_fault_at_every_mutating_call_restores_and_converges(
         assert "INSUFFICIENT_RESOURCES" in report.summary()
         for gpu in snapshot(str(state)):
             assert not _leaks(gpu), f"{function}@{n}: GPU {gpu.index} leaked {_leaks(gpu)}"
-            assert executor.current_counts(gpu) in (
+            assert gpu.device_counts() in (
                 previous[gpu.index],
                 {"1g.10gb": 5, "2g.20gb": 1},
             )

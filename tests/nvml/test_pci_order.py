@@ -7,7 +7,6 @@ from pathlib import Path
 import migkit
 from migkit import simulator
 from migkit.cli import main
-from migkit.execution import executor
 
 
 def test_config_indices_follow_pci_order_not_nvml_order(tmp_path: Path) -> None:
@@ -26,6 +25,6 @@ def test_config_indices_follow_pci_order_not_nvml_order(tmp_path: Path) -> None:
     assert main(["--sim-state", state, "apply", "-f", str(cfg)]) == 0
     with migkit.open_node(sim_state=state) as node:
         by_nvml_index = {g.index: g for g in node.snapshot()}
-    assert executor.current_counts(by_nvml_index[1]) == {"7g.80gb": 1}  # bus 18: config index 0
+    assert by_nvml_index[1].device_counts() == {"7g.80gb": 1}  # bus 18: config index 0
     assert not by_nvml_index[0].mig_enabled
     assert main(["--sim-state", state, "assert", "-f", str(cfg)]) == 0

@@ -23,7 +23,6 @@ import attrs
 from migkit._nvml_shim_cffi import ffi as _cffi_ffi
 from migkit._nvml_shim_cffi import lib as _cffi_lib
 from migkit.errors import MigkitError, NvmlError, NvmlLibraryNotFound, ReadOnlyError
-from migkit.hardware import canonical_from_nvml as _canonical_from_nvml_name
 from migkit.models import (
     GI_INDEX_NAMES,
     ComputeInstance,
@@ -33,6 +32,7 @@ from migkit.models import (
     Placement,
     Profile,
 )
+from migkit.names import canonical_from_nvml, computed_gb
 
 ffi: Any = _cffi_ffi
 lib: Any = _cffi_lib
@@ -57,7 +57,6 @@ LIBRARY_DIRS: tuple[str, ...] = (
 
 STATUS_READ_ONLY: int = lib.SHIM_STATUS_READ_ONLY  # refused: MIGKIT_READ_ONLY is set
 STATUS_NOT_ATTEMPTED: int = lib.SHIM_STATUS_NOT_ATTEMPTED  # an earlier item failed
-NOT_SUPPORTED = 3
 UNKNOWN_MODE = 0xFFFFFFFF
 
 __all__ = [
@@ -240,12 +239,10 @@ _GI_SUFFIX = {
 
 
 def _computed_gi_name(index: int, slice_count: int, memory_mib: int, total_bytes: int) -> str:
-    """The name mig-parted computes when NVML gives none (mig-parted-facts §1.6)."""
+    """The name mig-parted computes when NVML gives none: ``<G>g.<GB>gb`` plus the variant."""
     if total_bytes <= 0:
         return f"{slice_count}g"
-    k = -(-8 * memory_mib * 2**20 // total_bytes)
-    total_gb = -(-total_bytes // 2**30)
-    gb = (2 * k * total_gb + 8) // 16  # round half away from zero, exactly
+    gb = computed_gb(memory_mib, total_bytes)
     variant = GI_INDEX_NAMES.get(index, "").partition("_SLICE")[2].lstrip("_")
     return f"{slice_count}g.{gb}gb{_GI_SUFFIX.get(variant, '')}"
 
@@ -423,14 +420,9 @@ def _names(raw: bytes) -> tuple[str, str]:
         nvml_name = _text(raw)
         names = _nvml_names[raw] = (
             nvml_name,
-            _canonical_from_nvml_name(nvml_name) if nvml_name else "",
+            canonical_from_nvml(nvml_name) if nvml_name else "",
         )
     return names
-
-
-def _profile_order(profile: Profile) -> tuple[int, int, int]:
-    # the order `nvidia-smi mig -lgip` lists profiles in (the bundled tables use it too)
-    return (profile.slice_count, profile.memory_mib, profile.index)
 
 
 def _compute_profile_order(cp: ComputeProfile) -> tuple[int, int]:
@@ -514,7 +506,7 @@ def _build_profiles(buf: Any, base: int, n_profiles: int, n_ci_profiles: int, me
                 compute_profiles=tuple(computes),
             )
         )
-    profiles.sort(key=_profile_order)
+    profiles.sort(key=lambda p: p.sort_key)
     return _ProfileTable(tuple(profiles), gi_names, ci_names)
 
 

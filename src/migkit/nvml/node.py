@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import subprocess
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
+from typing import Protocol
 
-from migkit.errors import MigkitError
+from migkit.errors import MigkitError, ResetFailed
 from migkit.models import GpuState
 from migkit.nvml import _binding as _nvml
 from migkit.nvml._binding import (
@@ -48,10 +51,53 @@ __all__ = [
     "MigModeRequest",
     "MigModeResult",
     "Node",
+    "NodeLike",
     "open_node",
 ]
 
 STATE_ENV = "MIGKIT_SIM_STATE"
+
+
+class NodeLike(Protocol):
+    """What the layers above need of a node: a snapshot, the bulk changes and a GPU reset.
+
+    :class:`Node` is the implementation; tests may wrap one (to inject faults, count calls).
+    """
+
+    @property
+    def state_file(self) -> str | None:
+        """The simulated node's state file; None on real hardware."""
+        ...
+
+    @property
+    def is_simulated(self) -> bool: ...
+
+    def snapshot(self) -> tuple[GpuState, ...]: ...
+
+    def create_gpu_instances(
+        self, requests: Iterable[GpuInstanceRequest], *, stop_on_error: bool = False
+    ) -> tuple[GpuInstanceResult, ...]: ...
+
+    def create_compute_instances(
+        self, requests: Iterable[ComputeInstanceRequest], *, stop_on_error: bool = False
+    ) -> tuple[ComputeInstanceResult, ...]: ...
+
+    def destroy_compute_instances(
+        self, refs: Iterable[ComputeInstanceRef], *, stop_on_error: bool = False
+    ) -> tuple[DestroyResult, ...]: ...
+
+    def destroy_gpu_instances(
+        self, refs: Iterable[GpuInstanceRef], *, stop_on_error: bool = False
+    ) -> tuple[DestroyResult, ...]: ...
+
+    def set_mig_mode(
+        self, requests: Iterable[MigModeRequest], *, stop_on_error: bool = False
+    ) -> tuple[MigModeResult, ...]: ...
+
+    def reset_gpus(self, gpus: Sequence[GpuState]) -> None:
+        """Reset exactly these GPUs so that a pending MIG mode takes effect; raises
+        :class:`~migkit.errors.ResetFailed` with the reason."""
+        ...
 
 
 class Node:
@@ -133,6 +179,7 @@ class Node:
         """
         self._check_open()
         states = self._snapshotter.snapshot()
+        _raise_state_error(self._state_file, self._library_path)
         ordered = tuple(sorted(states, key=_pci_order))
         return states if all(a is b for a, b in zip(ordered, states, strict=True)) else ordered
 
@@ -178,6 +225,40 @@ class Node:
         self._check_open()
         return _nvml.set_mig_mode(requests, stop_on_error=stop_on_error)
 
+    def reset_gpus(self, gpus: Sequence[GpuState]) -> None:
+        """Reset exactly these GPUs so that a pending MIG mode takes effect.
+
+        A simulated node's GPUs are reset in its state file; real GPUs with ``nvidia-smi -r``
+        by bus id. Raises :class:`~migkit.errors.ResetFailed` with the reason.
+        """
+        self._check_open()
+        if not gpus:
+            return
+        if self._is_simulated and self._state_file:
+            from migkit import simulator
+
+            try:
+                simulator.reset_gpus(self._state_file, [g.index for g in gpus])
+            except simulator.SimulatorError as err:
+                raise ResetFailed(f"GPU reset failed: {err}") from None
+            return
+        smi = shutil.which("nvidia-smi")
+        if smi is None:
+            raise ResetFailed(
+                "a MIG mode change is pending and nvidia-smi (needed to reset "
+                + ", ".join(f"GPU {g.index}" for g in gpus)
+                + ") was not found; reset or reboot"
+            )
+        proc = subprocess.run(
+            [smi, "-r", "-i", ",".join(g.bus_id for g in gpus)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            output = (proc.stdout + proc.stderr).strip()
+            raise ResetFailed(f"nvidia-smi -r failed (exit {proc.returncode}): {output}")
+
     def __repr__(self) -> str:
         kind = f"simulated, state {self._state_file}" if self._is_simulated else "hardware"
         return f"<migkit.Node {self._library_path} ({kind})>"
@@ -204,6 +285,18 @@ def _environment(name: str, value: str) -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = previous
+
+
+def _raise_state_error(state_file: str | None, library: str) -> None:
+    """A simulated node whose state file the library could not use (at init, or since: reads
+    then answer from the last good state) raises SimulatorStateError naming file and line."""
+    if state_file is None:
+        return
+    from migkit import simulator
+
+    error = simulator.state_error(state_file, library)
+    if error is not None:
+        raise error
 
 
 def open_node(
@@ -237,11 +330,16 @@ def open_node(
                 state_file = os.fspath(sim_state)
                 if not os.path.exists(state_file):
                     raise simulator.SimulatorError(f"simulated node state file {state_file} does not exist")
+                simulator.check_state_file(state_file)
                 cleanup.enter_context(_environment(STATE_ENV, state_file))
             library = _nvml.load(nvml_library if nvml_library is not None else simulator.library_path())
         else:
             library = _nvml.load(nvml_library)
-        _nvml.init()
+        try:
+            _nvml.init()
+        except MigkitError:
+            _raise_state_error(state_file, library)
+            raise
         cleanup.callback(_nvml.shutdown)
         return Node(
             library,
