@@ -316,3 +316,30 @@ def test_nvidia_mig_parted_restores_a_checkpoint_migkit_wrote(node: str, cfg: st
     # The peer creates compute instances without a placement, as NVML chooses; GIs must match.
     got = [(mode, [gi[:3] for gi in gis]) for mode, gis in layout(node)]
     assert got == [(mode, [gi[:3] for gi in gis]) for mode, gis in wanted]
+
+
+def test_a_stored_nvidia_mig_parted_checkpoint_restores_without_the_peer(tmp_path: Path) -> None:
+    """A file nvidia-mig-parted v0.15.0 wrote (kept in tests/cli/data) restores on a fresh node.
+
+    It was written on a simulated 2xh100-80gb node (whose UUIDs are fixed by the spec) with
+    GPU 0 at 2g.20gb@0:2, 1g.10gb@2:1, 1g.10gb@3:1, 3g.40gb@4:4 and GPU 1 with MIG disabled.
+    """
+    node = simulator.write_state(tmp_path / "node.state", "2xh100-80gb")
+    stored = Path(__file__).parent / "data" / "mig-parted-checkpoint.json"
+    assert main(["--sim-state", node, "restore", "-f", str(stored)]) == 0
+    with open_node(sim_state=node) as handle:
+        gpus = handle.snapshot()
+    got = sorted(
+        (gi.profile, gi.start, gi.size, [ci.profile for ci in gi.compute_instances]) for gi in gpus[0].gpu_instances
+    )
+    assert got == [
+        ("1g.10gb", 2, 1, ["1g.10gb"]),
+        ("1g.10gb", 3, 1, ["1g.10gb"]),
+        ("2g.20gb", 0, 2, ["2g.20gb"]),
+        ("3g.40gb", 4, 4, ["3g.40gb"]),
+    ]
+    assert gpus[0].mig_enabled and not gpus[1].mig_enabled
+    # Written back in upstream's format, it is the same file byte for byte.
+    again = tmp_path / "again.json"
+    assert main(["--sim-state", node, "checkpoint", "--format", "mig-parted", "-f", str(again)]) == 0
+    assert again.read_bytes() == stored.read_bytes()
