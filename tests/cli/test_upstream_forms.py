@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import migkit
 from migkit import simulator
@@ -103,3 +105,51 @@ def test_labels_strategy_none_and_gpu_present_on_request(node: str, capsys: pyte
     assert "nvidia.com/mig.strategy=none" in out and "gpu.present" not in out
     assert main(["--sim-state", node, "labels", "--gpu-present"]) == 0
     assert "nvidia.com/gpu.present=true" in capsys.readouterr().out
+
+
+TOKENS = [
+    "assert",
+    "apply",
+    "labels",
+    "-a",
+    "-a=1",
+    "-a=",
+    "-a=maybe",
+    "--valid-config=false",
+    "-valid-config",
+    "-config-file",
+    "-f",
+    "-f=",
+    "-c",
+    "-c=x",
+    "--",
+    "-",
+    "=",
+    "-=",
+    "--=",
+    "-d=true",
+    "-debug",
+    "-v",
+    "-version",
+    "-am",
+    "-m=0",
+    "--mode-only=T",
+    "-s=F",
+    "-strategy",
+    "none",
+    "-x",
+    "--bogus=1",
+    "x=1",
+]
+
+
+@settings(deadline=None, max_examples=200)
+@given(words=st.lists(st.sampled_from(TOKENS), max_size=8))
+def test_any_mix_of_go_and_gnu_forms_parses_or_is_a_usage_error(words: list[str]) -> None:
+    """Rewriting Go's forms never crashes: a result code, or argparse's exit 0 (help) / 2."""
+    try:
+        code = main(["--simulate", "1xh100-80gb", *words])
+    except SystemExit as exit_info:
+        assert exit_info.code in (0, 2)
+    else:
+        assert code in (0, 1, 2)
