@@ -83,10 +83,11 @@ if hasattr(yaml, "CSafeLoader"):
     _FastLoader = _CLoader
 
 
-# libyaml and the pure-Python composer differ on tags ("!", "!!str"), tabs and some non-ASCII
-# characters (a BOM inside the text, NEL, ...). Generated and hand-written configs are printable
-# ASCII; anything else takes the pure-Python path, so both paths always agree.
-_NOT_PLAIN = re.compile(r"[^\n\r\x20-\x7e]|!")
+# libyaml and the pure-Python composer differ on tags ("!", "!!str"), tabs, some non-ASCII
+# characters (a BOM inside the text, NEL, ...), edge cases of block scalars ("|#"),
+# directives and escapes. Configs are printable ASCII without these; anything else takes the
+# pure-Python path, so both paths always agree.
+_NOT_PLAIN = re.compile(r"[^\n\r\x20-\x7e]|[!|>%\\@`]")
 
 
 @contextlib.contextmanager
@@ -285,13 +286,14 @@ def parse_config(text: str, *, file: str | None = None) -> MigConfigFile:
 
 
 _Kind = Literal["null", "bool", "int", "float", "str", "map", "list"]
+_MERGE_BUDGET = 10_000  # keys that merge keys (<<) may copy, in all
 
 
 class _Parser:
     def __init__(self, file: str | None) -> None:
         self.file = file
         self.warnings: list[ConfigWarning] = []
-        self.merge_budget = 10_000
+        self.merge_budget = _MERGE_BUDGET
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -439,10 +441,25 @@ class _Parser:
             try:
                 root = _compose_fast(text)
             except LookupError:
-                root = self.compose(text)
-            if root is not None:
-                self.check_tags(root)
-            configs = self.top(root) if root is not None else {}
+                return self.build(self.compose(text))
+            try:
+                fast = self.build(root)
+            except ConfigError:
+                pass
+            else:
+                if not fast.warnings:
+                    return fast
+            # Errors and warnings are located on the pure-Python tree: libyaml marks some nodes
+            # (an empty value, for one) a column apart, and messages must not depend on the path.
+            self.warnings = []
+            self.merge_budget = _MERGE_BUDGET
+            return self.build(self.compose(text))
+
+    def build(self, root: Node | None) -> MigConfigFile:
+        """The validated file from a node tree (``None`` for an empty document)."""
+        if root is not None:
+            self.check_tags(root)
+        configs = self.top(root) if root is not None else {}
         return MigConfigFile(configs, self.file, tuple(self.warnings))
 
     def compose(self, text: str) -> Node | None:
