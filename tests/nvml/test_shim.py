@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from builders import MUTATING
 from migkit import hardware, simulator
 from migkit.errors import (
     InsufficientResources,
@@ -31,7 +32,7 @@ from migkit.nvml.node import (
     open_node,
 )
 
-H100_PROFILES = [  # nvml-facts §8.4: id, NVML name, MiB, SMs, placements
+H100_PROFILES = [  # as an H100 80GB HBM3 reports them: id, NVML name, MiB, SMs, placements
     (19, "MIG 1g.10gb", 9984, 16, "{0,1,2,3,4,5,6}:1"),
     (20, "MIG 1g.10gb+me", 9984, 16, "{0,1,2,3,4,5,6}:1"),
     (15, "MIG 1g.20gb", 20096, 26, "{0,2,4,6}:2"),
@@ -41,15 +42,6 @@ H100_PROFILES = [  # nvml-facts §8.4: id, NVML name, MiB, SMs, placements
     (0, "MIG 7g.80gb", 81152, 132, "{0}:8"),
 ]
 
-MUTATING_CALLS = (
-    "nvmlDeviceSetMigMode",
-    "nvmlDeviceCreateGpuInstance",
-    "nvmlDeviceCreateGpuInstanceWithPlacement",
-    "nvmlGpuInstanceDestroy",
-    "nvmlGpuInstanceCreateComputeInstance",
-    "nvmlGpuInstanceCreateComputeInstanceWithPlacement",
-    "nvmlComputeInstanceDestroy",
-)
 
 
 def _lgipp(placements: tuple[Placement, ...]) -> str:
@@ -82,7 +74,7 @@ def _gpu(node: Node, index: int) -> GpuState:
 
 
 def test_snapshot_of_simulated_h100_node_has_eight_h100s(node: Node) -> None:
-    """8xh100-80gb reads back as eight H100 SXM5 GPUs with MIG off and the §8.4 profiles."""
+    """8xh100-80gb reads back as eight H100 SXM5 GPUs with MIG off and the profiles a real H100 80GB HBM3 lists."""
     gpus = node.snapshot()
     assert len(gpus) == 8
     assert node.is_simulated and node.state_file is not None
@@ -397,7 +389,7 @@ def test_read_only_mode_refuses_every_change_before_nvml(mig_node: Node, monkeyp
             attempt()
     node.snapshot()  # reading is still allowed
     after = simulator.stats(node.state_file)
-    for call in MUTATING_CALLS:
+    for call in MUTATING:
         assert after.get(call, 0) == before.get(call, 0), call
     assert [g.profile for g in node.snapshot()[0].gpu_instances] == ["3g.40gb"]
 
@@ -415,7 +407,7 @@ def test_shim_itself_refuses_changes_in_read_only_mode(mig_node: Node, monkeypat
     modes = _nvml.ffi.new("shim_mig_mode_t[1]")
     assert lib.shim_set_mig_mode(modes, 1, 0) == lib.SHIM_STATUS_READ_ONLY
     after = simulator.stats(mig_node.state_file)
-    for call in MUTATING_CALLS:
+    for call in MUTATING:
         assert after.get(call, 0) == before.get(call, 0), call
 
 
