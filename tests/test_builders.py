@@ -16,9 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _simulator_mutating_functions() -> set[str]:
-    """Names the simulator's C source lists as mutating (``M(name)`` in its function table)."""
+    """Names the simulator's C sources list as mutating (``M(name)`` in its function table)."""
     names: set[str] = set()
-    for source in sorted((ROOT / "src").rglob("*.c")):
+    for source in sorted((ROOT / "src").rglob("*")):
+        if source.suffix not in (".c", ".h"):
+            continue
         text = source.read_text(encoding="utf-8")
         if "SIM_FUNCTIONS" in text:
             names.update(re.findall(r"\bM\((nvml\w+)\)", text))

@@ -41,7 +41,7 @@ OFF: dict[str, object] = {"mig-enabled": False, "mig-devices": {}}
 ON: dict[str, object] = {"mig-enabled": True, "mig-devices": {}}
 
 
-# ------------------------------------------------------ merging per-GPU specs (mig-parted's export)
+# --------------------------------------------------------------------------- merge table (upstream export/config.go)
 
 
 def test_no_gpus_export_an_empty_list() -> None:

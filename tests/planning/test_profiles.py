@@ -128,7 +128,7 @@ def test_computed_gb_rounds_half_away_from_zero(mib: int, total_mib: int, gb: in
 
 
 def test_bundled_profile_names_agree_with_the_formula() -> None:
-    """Every bundled GI profile's GB equals computed_gb of its memory, in eighths of the board."""
+    """Every bundled GI profile's GB equals computed_gb of its memory (mig-parted's eighths-of-the-board rule)."""
     for model in (gpu_model(n) for n in ("a100-40gb", "a30-24gb", "h100-80gb", "h200-141gb")):
         for profile in model.profiles:
             assert parse_profile_name(profile.name).memory_gb == computed_gb(
