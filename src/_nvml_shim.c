@@ -1,8 +1,8 @@
 /*
  * migkit's NVML shim (see _nvml_shim.h for the API and the status conventions).
  *
- * The NVML declarations below are migkit's own, written from the layout tables in the
- * project's NVML fact sheet; static assertions pin every size and offset we rely on.
+ * The NVML declarations below are migkit's own, written from the struct layouts of NVIDIA's
+ * published nvml.h; static assertions pin every size and offset we rely on.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -19,16 +19,11 @@
 
 typedef int nv_return_t; /* a 4-byte enum in NVML */
 
+/* NV_SUCCESS, NV_NOT_FOUND, ...: every NVML return code, from the one list in the header. */
 enum {
-    NV_SUCCESS = 0,
-    NV_UNINITIALIZED = 1,
-    NV_INVALID_ARGUMENT = 2,
-    NV_NOT_SUPPORTED = 3,
-    NV_NOT_FOUND = 6,
-    NV_INSUFFICIENT_SIZE = 7,
-    NV_LIBRARY_NOT_FOUND = 12,
-    NV_FUNCTION_NOT_FOUND = 13,
-    NV_ARGUMENT_VERSION_MISMATCH = 25,
+#define SHIM_CODE_ENUM(code, name, text) NV_##name = code,
+    SHIM_NVML_RETURN_CODES(SHIM_CODE_ENUM)
+#undef SHIM_CODE_ENUM
 };
 
 enum {
@@ -460,21 +455,57 @@ int shim_shutdown(void)
     return nv.shutdown();
 }
 
+static const struct {
+    int code;
+    const char *name;
+    const char *text;
+} g_return_codes[] = {
+#define SHIM_CODE_ROW(code, name, text) {code, #name, text},
+    SHIM_NVML_RETURN_CODES(SHIM_CODE_ROW)
+#undef SHIM_CODE_ROW
+};
+
+static int return_code_row(int code)
+{
+    unsigned int i;
+    for (i = 0; i < COUNT_OF(g_return_codes); i++)
+        if (g_return_codes[i].code == code)
+            return (int)i;
+    return -1;
+}
+
+const char *shim_error_name(int code)
+{
+    int row = return_code_row(code);
+    return row < 0 ? NULL : g_return_codes[row].name;
+}
+
+const char *shim_error_text(int code)
+{
+    int row = return_code_row(code);
+    return row < 0 ? NULL : g_return_codes[row].text;
+}
+
+int shim_return_code_at(unsigned int i)
+{
+    return i < COUNT_OF(g_return_codes) ? g_return_codes[i].code : -1;
+}
+
 const char *shim_error_string(int code)
 {
+    int row;
     if (code >= 0 && nv.error_string != NULL) { /* negative statuses are the shim's own */
         const char *text = nv.error_string(code);
         if (text != NULL)
             return text;
     }
     switch (code) {
-    case 0: return "Success";
-    case NV_LIBRARY_NOT_FOUND: return "NVML Shared Library Not Found";
-    case NV_FUNCTION_NOT_FOUND: return "Function Not Found";
     case SHIM_STATUS_READ_ONLY: return "Refused: MIGKIT_READ_ONLY is set";
     case SHIM_STATUS_NOT_ATTEMPTED: return "Not attempted: an earlier item failed";
-    default: return "Unknown Error";
+    default: break;
     }
+    row = return_code_row(code);
+    return row < 0 ? "Unknown Error" : g_return_codes[row].text;
 }
 
 int shim_read_only(void)

@@ -19,6 +19,44 @@
 #ifndef MIGKIT_NVML_SHIM_H
 #define MIGKIT_NVML_SHIM_H
 
+/* NVML's return codes, named once for migkit: the value, the name after NVML_ERROR_, and the
+ * text nvmlErrorString gives. The shim's lookup table is built from this list, and Python reads
+ * the names through shim_return_code_at() / shim_error_name(). */
+#define SHIM_NVML_RETURN_CODES(X) \
+    X(0, SUCCESS, "Success") \
+    X(1, UNINITIALIZED, "Uninitialized") \
+    X(2, INVALID_ARGUMENT, "Invalid Argument") \
+    X(3, NOT_SUPPORTED, "Not Supported") \
+    X(4, NO_PERMISSION, "Insufficient Permissions") \
+    X(5, ALREADY_INITIALIZED, "Already Initialized") \
+    X(6, NOT_FOUND, "Not Found") \
+    X(7, INSUFFICIENT_SIZE, "Insufficient Size") \
+    X(8, INSUFFICIENT_POWER, "Insufficient External Power") \
+    X(9, DRIVER_NOT_LOADED, "Driver Not Loaded") \
+    X(10, TIMEOUT, "Timeout") \
+    X(11, IRQ_ISSUE, "Interrupt Request Issue") \
+    X(12, LIBRARY_NOT_FOUND, "NVML Shared Library Not Found") \
+    X(13, FUNCTION_NOT_FOUND, "Function Not Found") \
+    X(14, CORRUPTED_INFOROM, "Corrupted infoROM") \
+    X(15, GPU_IS_LOST, "GPU is lost") \
+    X(16, RESET_REQUIRED, "GPU requires restart") \
+    X(17, OPERATING_SYSTEM, "The operating system has blocked the request") \
+    X(18, LIB_RM_VERSION_MISMATCH, "RM has detected an NVML/RM version mismatch") \
+    X(19, IN_USE, "In use by another client") \
+    X(20, MEMORY, "Insufficient Memory") \
+    X(21, NO_DATA, "No data") \
+    X(22, VGPU_ECC_NOT_SUPPORTED, "The requested vgpu operation is not available on target device, because ECC is enabled") \
+    X(23, INSUFFICIENT_RESOURCES, "Insufficient Resources") \
+    X(24, FREQ_NOT_SUPPORTED, "Frequency not supported") \
+    X(25, ARGUMENT_VERSION_MISMATCH, "Argument version mismatch") \
+    X(26, DEPRECATED, "Function deprecated") \
+    X(27, NOT_READY, "System is not ready") \
+    X(28, GPU_NOT_FOUND, "GPU not found") \
+    X(29, INVALID_STATE, "Invalid state") \
+    X(30, RESET_TYPE_NOT_SUPPORTED, "Reset type not supported") \
+    X(999, UNKNOWN, "Unknown Error")
+
+
 /* CDEF-BEGIN */
 #define SHIM_ABI_VERSION 2
 
@@ -223,6 +261,12 @@ int shim_has_symbol(const char *name);
 int shim_init(void);
 int shim_shutdown(void);
 const char *shim_error_string(int code);
+/* The name of an NVML return code ("INSUFFICIENT_RESOURCES"), NULL for a code NVML does not
+ * define (shim_error_text likewise); shim_return_code_at(i) is the i-th code NVML defines, -1
+ * past the last. */
+const char *shim_error_name(int code);
+const char *shim_error_text(int code); /* the text from the list above, whatever is loaded */
+int shim_return_code_at(unsigned int i);
 int shim_read_only(void);
 int shim_device_count(unsigned int *count);
 

@@ -19,6 +19,7 @@ from migkit.errors import (
 from migkit.models import GpuState, Placement
 from migkit.names import canonical_from_nvml
 from migkit.nvml import _binding as _nvml
+from migkit.nvml import _decode
 from migkit.nvml._binding import lib
 from migkit.nvml.node import (
     STATUS_NOT_ATTEMPTED,
@@ -31,7 +32,7 @@ from migkit.nvml.node import (
     open_node,
 )
 
-H100_PROFILES = [  # nvml-facts §8.4: id, NVML name, MiB, SMs, placements
+H100_PROFILES = [  # H100 SXM5 as read on driver 580: id, NVML name, MiB, SMs, placements
     (19, "MIG 1g.10gb", 9984, 16, "{0,1,2,3,4,5,6}:1"),
     (20, "MIG 1g.10gb+me", 9984, 16, "{0,1,2,3,4,5,6}:1"),
     (15, "MIG 1g.20gb", 20096, 26, "{0,2,4,6}:2"),
@@ -82,7 +83,7 @@ def _gpu(node: Node, index: int) -> GpuState:
 
 
 def test_snapshot_of_simulated_h100_node_has_eight_h100s(node: Node) -> None:
-    """8xh100-80gb reads back as eight H100 SXM5 GPUs with MIG off and the §8.4 profiles."""
+    """8xh100-80gb reads back as eight H100 SXM5 GPUs with MIG off and its seven profiles."""
     gpus = node.snapshot()
     assert len(gpus) == 8
     assert node.is_simulated and node.state_file is not None
@@ -460,7 +461,7 @@ def test_the_real_library_is_refused_once_the_simulator_is_loaded(node: Node, mo
 
 def test_nvml_errors_carry_code_name_and_call() -> None:
     """Return codes map to NvmlError subclasses with the NVML name and the failing call."""
-    err = _nvml._error(23, "nvmlDeviceCreateGpuInstanceWithPlacement", "GPU 1")
+    err = _nvml.nvml_error(23, "nvmlDeviceCreateGpuInstanceWithPlacement", "GPU 1")
     assert isinstance(err, InsufficientResources) and isinstance(err, NvmlError)
     assert (err.code, err.name, err.call) == (23, "INSUFFICIENT_RESOURCES", "nvmlDeviceCreateGpuInstanceWithPlacement")
     assert "GPU 1" in str(err)
@@ -497,4 +498,4 @@ def test_canonical_names_from_nvml_names(nvml_name: str, canonical: str) -> None
 )
 def test_computed_names_when_nvml_gives_none(index: int, slices: int, mib: int, total_mib: int, name: str) -> None:
     """Without an NVML name the profile is named by mig-parted's rule (half-up rounding)."""
-    assert _nvml._computed_gi_name(index, slices, mib, total_mib * 2**20) == name
+    assert _decode.computed_gi_name(index, slices, mib, total_mib * 2**20) == name

@@ -1,0 +1,181 @@
+"""The node snapshot: one shim call for the whole node, decoded into :class:`GpuState` values."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from migkit.errors import NvmlError
+from migkit.models import GpuState
+from migkit.nvml._decode import (
+    CI_PROFILE_SIZE,
+    DEVICE,
+    DEVICE_SIZE,
+    GI_PROFILE_SIZE,
+    OFF_CI_PROFILES,
+    OFF_PROFILES,
+    ProfileTable,
+    build_instances,
+    build_profiles,
+    clear_interned,
+    text,
+)
+from migkit.nvml._library import ffi, lib, nvml_error
+
+_model_names: dict[tuple[int, int], str] = {}
+
+
+def _model_name(pci_device_id: int, memory_mib: int) -> str:
+    """The bundled hardware table this GPU matches, ``""`` if none."""
+    key = (pci_device_id, memory_mib)
+    name = _model_names.get(key)
+    if name is None:
+        try:
+            from migkit.hardware import model_for_pci_id
+        except ImportError:  # pragma: no cover - the tables ship with migkit
+            return ""
+        model = model_for_pci_id(pci_device_id, memory_mib)
+        name = _model_names[key] = model.name if model is not None else ""
+    return name
+
+
+
+
+_MAX_PROFILE_TABLES = 256
+
+
+class Snapshotter:
+    """Reads the whole node in one shim call into buffers it owns, and builds the models.
+
+    Model building is the part Python adds to the C work, so it is memoised: the shim writes
+    every record the same way for the same state, and a GPU whose records are byte-for-byte
+    those of the previous snapshot gets the very same (immutable) :class:`GpuState` back.
+    Profile tables are shared by every GPU whose profile records are identical (eight GPUs
+    of one model build them once) and survive changes to instances. The NVML calls
+    themselves are always made.
+    """
+
+    def __init__(self, capacity: int = 0) -> None:
+        self._lock = threading.Lock()
+        self._capacity = 0
+        self._buffers: list[Any] = []
+        self._current = 0
+        self._count = ffi.new("unsigned int *")
+        self._same: Any = None
+        self._states: list[GpuState | None] = []  # GpuState of each index from the last snapshot
+        # profile records -> their models; GPUs of one model share one entry
+        self._tables: dict[bytes, ProfileTable] = {}
+        self._ensure(max(capacity, 1))
+
+    def _ensure(self, capacity: int) -> None:
+        if capacity <= self._capacity:
+            return
+        capacity = min(capacity, lib.SHIM_MAX_DEVICES)
+        self._buffers = [ffi.new("shim_device_t[]", capacity) for _ in range(2)]
+        self._same = ffi.new("unsigned char[]", capacity)
+        self._capacity = capacity
+        self._states = []
+
+    def clear_cache(self) -> None:
+        """Forget the memoised models (the next snapshot builds every model afresh)."""
+        with self._lock:
+            self._states = []
+            self._tables.clear()
+            clear_interned()
+
+    def snapshot(self) -> tuple[GpuState, ...]:
+        with self._lock:
+            for _ in range(2):
+                self._current ^= 1
+                out = self._buffers[self._current]
+                code = lib.shim_snapshot(out, self._capacity, self._count)
+                count = int(self._count[0])
+                if code == 7 and count > self._capacity and self._capacity < lib.SHIM_MAX_DEVICES:
+                    self._ensure(count)  # more GPUs than the buffer holds: grow, read again
+                    continue
+                break
+            if code != 0:
+                raise nvml_error(
+                    code,
+                    "nvmlDeviceGetCount_v2" if code != 7 else "shim_snapshot",
+                    f"{count} GPUs" if code == 7 else "",
+                )
+            previous = self._buffers[self._current ^ 1]
+            known = min(len(self._states), count)
+            if known:
+                lib.shim_same_devices(out, previous, known, self._same)
+            buf = ffi.buffer(out)
+            states: list[GpuState] = []
+            for i in range(count):
+                cached = self._states[i] if i < known and self._same[i] else None
+                states.append(cached if cached is not None else self._build(buf, out, i))
+            self._states = list(states)
+            return tuple(states)
+
+    def _build(self, buf: Any, out: Any, i: int) -> GpuState:
+        base = i * DEVICE_SIZE
+        (
+            index,
+            status,
+            pci_id,
+            subsys_id,
+            arch,
+            mig_capable,
+            mode,
+            pending,
+            _max_mig,
+            n_profiles,
+            n_ci_profiles,
+            n_gis,
+            n_cis,
+            _n_mig,
+            truncated,
+            _reserved,
+            memory_total,
+            failed_call,
+            uuid,
+            name,
+            bus_id,
+        ) = DEVICE.unpack_from(buf, base)
+        if status != 0:
+            self._states = []  # do not trust a partial read next time either
+            raise nvml_error(status, text(failed_call), f"GPU {index}")
+        if truncated:
+            raise NvmlError.from_code(
+                7,
+                f"GPU {index}: more MIG objects than migkit's snapshot limits (flags 0x{truncated:x})",
+                call="shim_snapshot",
+            )
+        gips = base + OFF_PROFILES
+        cips = base + OFF_CI_PROFILES
+        profile_bytes = b"".join(
+            (
+                buf[gips : gips + n_profiles * GI_PROFILE_SIZE],
+                buf[cips : cips + n_ci_profiles * CI_PROFILE_SIZE],
+                memory_total.to_bytes(8, "little"),
+            )
+        )
+        table = self._tables.get(profile_bytes)
+        if table is None:
+            if len(self._tables) >= _MAX_PROFILE_TABLES:
+                self._tables.clear()
+            table = build_profiles(buf, base, n_profiles, n_ci_profiles, memory_total)
+            self._tables[profile_bytes] = table
+        memory_mib = memory_total >> 20
+        return GpuState(
+            index=index,
+            uuid=text(uuid),
+            name=text(name),
+            pci_device_id=pci_id,
+            pci_subsystem_id=subsys_id,
+            bus_id=text(bus_id),
+            memory_mib=memory_mib,
+            architecture=arch,
+            mig_capable=bool(mig_capable),
+            mig_mode=mode,
+            pending_mig_mode=pending,
+            profiles=table.profiles,
+            gpu_instances=build_instances(buf, base, n_gis, n_cis, table),
+            model_name=_model_name(pci_id, memory_mib),
+        )
+
