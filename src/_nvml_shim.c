@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -203,6 +204,8 @@ _Static_assert(COUNT_OF(((shim_device_t *)0)->uuid) == SHIM_UUID_LEN, "limit");
 _Static_assert(COUNT_OF(((shim_device_t *)0)->name) == SHIM_NAME_LEN, "limit");
 _Static_assert(COUNT_OF(((shim_device_t *)0)->bus_id) == SHIM_BUS_ID_LEN, "limit");
 _Static_assert(COUNT_OF(((shim_device_t *)0)->failed_call) == SHIM_CALL_LEN, "limit");
+_Static_assert(COUNT_OF(((shim_device_t *)0)->unknown) == SHIM_MAX_UNKNOWN, "limit");
+_Static_assert(COUNT_OF(((shim_device_t *)0)->unknown[0]) == SHIM_UNKNOWN_LEN, "limit");
 _Static_assert(SHIM_MAX_GI_PROFILES == NV_GI_PROFILE_INDEX_COUNT, "every GI profile index fits");
 _Static_assert(SHIM_MAX_CI_PROFILE_INDICES == NV_CI_PROFILE_INDEX_COUNT, "CI profile indices");
 
@@ -531,6 +534,33 @@ static void note(shim_device_t *d, const char *call, nv_return_t rc)
     snprintf(d->failed_call, sizeof d->failed_call, "%s", call);
 }
 
+/* A read failed and the fact it was for is unknown: say which call, what for, and the error. */
+static void unknown(shim_device_t *d, const char *call, nv_return_t rc, const char *what, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void unknown(shim_device_t *d, const char *call, nv_return_t rc, const char *what, ...)
+{
+    char *line;
+    const char *name = shim_error_name(rc);
+    int n;
+    va_list args;
+    if (d->unknown_count++ >= SHIM_MAX_UNKNOWN)
+        return;
+    line = d->unknown[d->unknown_count - 1];
+    n = snprintf(line, SHIM_UNKNOWN_LEN, "%s (", call);
+    if (n < 0 || n >= SHIM_UNKNOWN_LEN)
+        return;
+    va_start(args, what);
+    n += vsnprintf(line + n, SHIM_UNKNOWN_LEN - (size_t)n, what, args);
+    va_end(args);
+    if (n < 0 || n >= SHIM_UNKNOWN_LEN)
+        return;
+    if (name != NULL)
+        snprintf(line + n, SHIM_UNKNOWN_LEN - (size_t)n, "): %s", name);
+    else
+        snprintf(line + n, SHIM_UNKNOWN_LEN - (size_t)n, "): error %d", rc);
+}
+
 static void copy_name(char *dst, const char *src, size_t cap)
 {
     size_t n = strnlen(src, cap - 1);
@@ -628,7 +658,8 @@ static void snap_profiles(nv_device_t dev, shim_device_t *d)
         if (rc == NV_INVALID_ARGUMENT) /* past the driver's last profile index */
             break;
         if (rc != NV_SUCCESS) {
-            note(d, nv.gi_profile_info_v != NULL ? S_GIP_V : S_GIP_V1, rc);
+            unknown(d, nv.gi_profile_info_v != NULL ? S_GIP_V : S_GIP_V1, rc,
+                    "GPU instance profile index %u", index);
             continue;
         }
         p->index = index;
@@ -636,7 +667,7 @@ static void snap_profiles(nv_device_t dev, shim_device_t *d)
         /* count first, then the array: the documented way to size the buffer */
         rc = NV(gi_possible_placements, dev, p->id, NULL, &count);
         if (rc != NV_SUCCESS) {
-            note(d, S_GI_PLACEMENTS, rc);
+            unknown(d, S_GI_PLACEMENTS, rc, "placements of GPU instance profile %u", p->id);
             continue;
         }
         if (count == 0)
@@ -647,7 +678,7 @@ static void snap_profiles(nv_device_t dev, shim_device_t *d)
         }
         rc = NV(gi_possible_placements, dev, p->id, placements, &count);
         if (rc != NV_SUCCESS) {
-            note(d, S_GI_PLACEMENTS, rc);
+            unknown(d, S_GI_PLACEMENTS, rc, "placements of GPU instance profile %u", p->id);
             continue;
         }
         if (count > SHIM_MAX_GI_PLACEMENTS) {
@@ -681,7 +712,8 @@ static void snap_ci_profiles(nv_gi_t gi, unsigned int gi_profile_id, shim_device
         if (rc == NV_INVALID_ARGUMENT)
             break;
         if (rc != NV_SUCCESS) {
-            note(d, S_CIP_V, rc);
+            unknown(d, S_CIP_V, rc, "compute instance profile index %u of GPU instance profile %u",
+                    index, gi_profile_id);
             continue;
         }
         if (d->ci_profile_count >= SHIM_MAX_CI_PROFILES) {
@@ -705,7 +737,7 @@ static void snap_ci_profiles(nv_gi_t gi, unsigned int gi_profile_id, shim_device
 
         rc = NV(ci_possible_placements, gi, cp->id, NULL, &count);
         if (rc != NV_SUCCESS) {
-            note(d, S_CI_PLACEMENTS, rc);
+            unknown(d, S_CI_PLACEMENTS, rc, "placements of compute instance profile %u", cp->id);
             continue;
         }
         if (count == 0)
@@ -716,7 +748,7 @@ static void snap_ci_profiles(nv_gi_t gi, unsigned int gi_profile_id, shim_device
         }
         rc = NV(ci_possible_placements, gi, cp->id, placements, &count);
         if (rc != NV_SUCCESS) {
-            note(d, S_CI_PLACEMENTS, rc);
+            unknown(d, S_CI_PLACEMENTS, rc, "placements of compute instance profile %u", cp->id);
             continue;
         }
         if (count > SHIM_MAX_CI_PLACEMENTS) {
@@ -749,7 +781,8 @@ static void snap_compute_instances(nv_gi_t gi, shim_gi_t *g, shim_device_t *d)
         count = cp->instance_count; /* the array has room for the profile's instanceCount */
         rc = NV(get_cis, gi, cp->id, cis, &count);
         if (rc != NV_SUCCESS) {
-            note(d, S_GET_CIS, rc);
+            unknown(d, S_GET_CIS, rc, "compute instances of profile %u in GPU instance %u", cp->id,
+                    g->id);
             continue;
         }
         if (count > cp->instance_count)
@@ -760,7 +793,8 @@ static void snap_compute_instances(nv_gi_t gi, shim_gi_t *g, shim_device_t *d)
             memset(&info, 0, sizeof info);
             rc = NV(ci_get_info, cis[i], &info);
             if (rc != NV_SUCCESS) {
-                note(d, S_CI_INFO, rc);
+                unknown(d, S_CI_INFO, rc, "identity of a compute instance of GPU instance %u",
+                        g->id);
                 continue;
             }
             if (d->ci_count >= SHIM_MAX_CIS) {
@@ -798,7 +832,7 @@ static void snap_gpu_instances(nv_device_t dev, shim_device_t *d)
         count = p->instance_count; /* the array has room for the profile's instanceCount */
         rc = NV(get_gis, dev, p->id, gis, &count);
         if (rc != NV_SUCCESS) {
-            note(d, S_GET_GIS, rc);
+            unknown(d, S_GET_GIS, rc, "GPU instances of profile %u", p->id);
             continue;
         }
         if (count > p->instance_count)
@@ -809,7 +843,7 @@ static void snap_gpu_instances(nv_device_t dev, shim_device_t *d)
             memset(&info, 0, sizeof info);
             rc = NV(gi_get_info, gis[i], &info);
             if (rc != NV_SUCCESS) {
-                note(d, S_GI_INFO, rc);
+                unknown(d, S_GI_INFO, rc, "identity of a GPU instance of profile %u", p->id);
                 continue;
             }
             if (d->gi_count >= SHIM_MAX_GIS) {
@@ -831,9 +865,9 @@ static void snap_gpu_instances(nv_device_t dev, shim_device_t *d)
     }
 }
 
-/* The processes on one MIG device. Their status stays per CI and never fails the snapshot:
- * an old driver without the call, or one that will not say, leaves the CI not known in use. */
-static void snap_processes(nv_device_t mig, shim_ci_t *c)
+/* The processes on one MIG device. A failed query (an old driver without the call included)
+ * leaves the compute instance's in-use state unknown, never "not in use". */
+static void snap_processes(nv_device_t mig, shim_ci_t *c, shim_device_t *d)
 {
     nv_process_info_t procs[SHIM_MAX_PIDS];
     unsigned int count = SHIM_MAX_PIDS, i;
@@ -845,8 +879,11 @@ static void snap_processes(nv_device_t mig, shim_ci_t *c)
         c->process_count = count;
         return;
     }
-    if (rc != NV_SUCCESS)
+    if (rc != NV_SUCCESS) {
+        unknown(d, S_PROCESSES, rc, "in-use state of GPU instance %u, compute instance %u",
+                c->gi_id, c->id);
         return;
+    }
     if (count > SHIM_MAX_PIDS) /* a library that ignored the capacity */
         count = SHIM_MAX_PIDS;
     c->process_count = count;
@@ -859,7 +896,7 @@ static void snap_mig_devices(nv_device_t dev, shim_device_t *d)
     unsigned int max = 0, i;
     nv_return_t rc = NV(max_mig_device_count, dev, &max);
     if (rc != NV_SUCCESS) {
-        note(d, S_MAX_MIG, rc);
+        unknown(d, S_MAX_MIG, rc, "MIG devices, so the in-use state of every compute instance");
         return;
     }
     d->max_mig_devices = max;
@@ -871,20 +908,22 @@ static void snap_mig_devices(nv_device_t dev, shim_device_t *d)
         nv_attributes_t attributes;
 
         rc = NV(mig_device_handle_by_index, dev, i, &mig);
+        /* No MIG device at this index: MIG device indices can have gaps. A compute instance
+         * whose device is never found is flagged after the loop. */
         if (rc == NV_NOT_FOUND || rc == NV_INVALID_ARGUMENT)
             continue;
         if (rc != NV_SUCCESS) {
-            note(d, S_MIG_HANDLE, rc);
+            unknown(d, S_MIG_HANDLE, rc, "MIG device %u", i);
             continue;
         }
         rc = NV(mig_gpu_instance_id, mig, &gi_id);
         if (rc != NV_SUCCESS) {
-            note(d, S_MIG_GI_ID, rc);
+            unknown(d, S_MIG_GI_ID, rc, "GPU instance of MIG device %u", i);
             continue;
         }
         rc = NV(mig_compute_instance_id, mig, &ci_id);
         if (rc != NV_SUCCESS) {
-            note(d, S_MIG_CI_ID, rc);
+            unknown(d, S_MIG_CI_ID, rc, "compute instance of MIG device %u", i);
             continue;
         }
         for (k = 0; k < d->ci_count; k++) {
@@ -893,20 +932,27 @@ static void snap_mig_devices(nv_device_t dev, shim_device_t *d)
                 break;
             }
         }
-        if (c == NULL) /* created between our listing and now: the next snapshot sees it */
+        if (c == NULL) {
+            /* Not in the instance listing: created since, or a listing read that failed. */
+            unknown(d, S_MIG_HANDLE, NV_NOT_FOUND,
+                    "MIG device %u: GPU instance %u, compute instance %u is not in the listing",
+                    i, gi_id, ci_id);
             continue;
+        }
         rc = NV(device_get_uuid, mig, c->uuid, sizeof c->uuid);
         if (rc != NV_SUCCESS)
-            note(d, S_UUID, rc);
+            unknown(d, S_UUID, rc, "UUID of GPU instance %u, compute instance %u", gi_id, ci_id);
         memset(&memory, 0, sizeof memory);
         rc = NV(device_get_memory_info, mig, &memory);
         if (rc != NV_SUCCESS)
-            note(d, S_MEMORY, rc);
+            unknown(d, S_MEMORY, rc, "memory of GPU instance %u, compute instance %u", gi_id,
+                    ci_id);
         c->memory_mib = memory.total >> 20;
         memset(&attributes, 0, sizeof attributes);
         rc = NV(device_get_attributes, mig, &attributes);
         if (rc != NV_SUCCESS) {
-            note(d, S_ATTRIBUTES, rc);
+            unknown(d, S_ATTRIBUTES, rc, "attributes of GPU instance %u, compute instance %u",
+                    gi_id, ci_id);
         } else {
             c->multiprocessors = attributes.multiprocessors;
             c->copy_engines = attributes.copy_engines;
@@ -917,10 +963,15 @@ static void snap_mig_devices(nv_device_t dev, shim_device_t *d)
             c->gi_slice_count = attributes.gi_slice_count;
             c->ci_slice_count = attributes.ci_slice_count;
         }
-        snap_processes(mig, c);
+        snap_processes(mig, c, d);
         c->has_mig_device = 1;
         d->mig_device_count++;
     }
+    for (i = 0; i < d->ci_count; i++)
+        if (!d->cis[i].has_mig_device)
+            unknown(d, S_MIG_HANDLE, NV_NOT_FOUND,
+                    "in-use state of GPU instance %u, compute instance %u: no MIG device found",
+                    d->cis[i].gi_id, d->cis[i].id);
 }
 
 static void snap_device(unsigned int index, shim_device_t *d)

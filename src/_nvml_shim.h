@@ -80,6 +80,8 @@
 #define SHIM_UUID_LEN 96
 #define SHIM_BUS_ID_LEN 32
 #define SHIM_CALL_LEN 64
+#define SHIM_MAX_UNKNOWN 16          /* failed reads kept per GPU (unknown_count stays exact) */
+#define SHIM_UNKNOWN_LEN 160
 
 /* Bits of shim_device_t.truncated: which limit cut the snapshot short. */
 #define SHIM_TRUNC_GI_PLACEMENTS 1
@@ -168,6 +170,9 @@ typedef struct {
     unsigned int pids[8];
 } shim_ci_t;
 
+/* One physical GPU. `status` / `failed_call` name the first failed read that leaves the whole
+ * GPU unreadable (its handle, identity or MIG mode); any other failed read is a line in
+ * unknown[] and the snapshot goes on. */
 typedef struct {
     unsigned int index;           /* NVML index */
     int status;                   /* first failing NVML call's code, 0 if none failed */
@@ -190,6 +195,13 @@ typedef struct {
     char uuid[96];
     char name[96];
     char bus_id[32];
+    /* Reads that failed and left a fact unknown, one line each: the NVML call, what it was
+     * for, and the error ("nvmlDeviceGetComputeRunningProcesses_v3 (in-use state of GPU
+     * instance 3, compute instance 0): NOT_SUPPORTED"). unknown_count counts them all, the
+     * first SHIM_MAX_UNKNOWN are kept. */
+    unsigned int unknown_count;
+    unsigned int reserved2;
+    char unknown[16][160];
     shim_gi_profile_t profiles[18];
     shim_ci_profile_t ci_profiles[36];
     shim_gi_t gis[32];

@@ -49,7 +49,7 @@ from migkit.nvml._library import (
     read_only,
     shutdown,
 )
-from migkit.nvml._snapshot import Snapshotter
+from migkit.nvml._snapshot import BundledModel, Snapshotter
 
 __all__ = [
     "LIBRARY_DIRS",
@@ -58,6 +58,7 @@ __all__ = [
     "SONAME",
     "STATUS_NOT_ATTEMPTED",
     "STATUS_READ_ONLY",
+    "BundledModel",
     "ComputeInstanceRef",
     "ComputeInstanceRequest",
     "ComputeInstanceResult",

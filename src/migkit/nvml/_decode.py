@@ -85,6 +85,9 @@ DEVICE = _layout(
         ("uuid", "96s"),
         ("name", "96s"),
         ("bus_id", "32s"),
+        ("unknown_count", "I"),
+        ("reserved2", "I"),
+        ("unknown", f"{lib.SHIM_MAX_UNKNOWN * lib.SHIM_UNKNOWN_LEN}s"),
     ],
 )
 _GI_PROFILE = _layout(
@@ -178,6 +181,18 @@ _CI_SIZE: int = ffi.sizeof("shim_ci_t")
 
 def text(raw: bytes) -> str:
     return raw.partition(b"\0")[0].decode("utf-8", "replace")
+
+
+def unknown_lines(count: int, raw: bytes) -> tuple[str, ...]:
+    """The failed reads the shim listed for one GPU (it keeps the first SHIM_MAX_UNKNOWN)."""
+    if not count:
+        return ()
+    size = lib.SHIM_UNKNOWN_LEN
+    kept = min(count, lib.SHIM_MAX_UNKNOWN)
+    lines = [text(raw[k * size : (k + 1) * size]) for k in range(kept)]
+    if count > kept:
+        lines.append(f"{count - kept} more failed reads")
+    return tuple(lines)
 
 
 # Interned values: a node has a handful of distinct placements and names, so building models

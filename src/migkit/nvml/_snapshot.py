@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from migkit.errors import NvmlError
-from migkit.models import GpuState
+from migkit.models import GpuModel, GpuState, Profile
 from migkit.nvml._decode import (
     CI_PROFILE_SIZE,
     DEVICE,
@@ -19,26 +20,48 @@ from migkit.nvml._decode import (
     build_profiles,
     clear_interned,
     text,
+    unknown_lines,
 )
 from migkit.nvml._library import ffi, lib, nvml_error
 
-_model_names: dict[tuple[int, int], str] = {}
+BundledModel = Callable[[int, int], "GpuModel | None"]
+"""Looks a GPU up in the bundled tables by (PCI device id, memory MiB); given by the caller."""
 
 
-def _model_name(pci_device_id: int, memory_mib: int) -> str:
-    """The bundled hardware table this GPU matches, ``""`` if none."""
-    key = (pci_device_id, memory_mib)
-    name = _model_names.get(key)
-    if name is None:
-        try:
-            from migkit.hardware import model_for_pci_id
-        except ImportError:  # pragma: no cover - the tables ship with migkit
-            return ""
-        model = model_for_pci_id(pci_device_id, memory_mib)
-        name = _model_names[key] = model.name if model is not None else ""
-    return name
+def _contradictions(
+    model: GpuModel | None, mig_capable: bool, profiles: tuple[Profile, ...], live: frozenset[int]
+) -> tuple[str, ...]:
+    """Reads whose "not supported" answer contradicts the bundled table of the same GPU.
 
-
+    NVML answers NOT_SUPPORTED both for "this GPU has no MIG" / "no profile at this index" and
+    for a read that failed; the bundled table (from the same PCI device id) tells them apart.
+    A GPU that should offer MIG or a profile and did not answer for it has an unknown fact.
+    Compute-instance profiles are read through a live GPU instance, so they are checked for
+    the GPU-instance profiles in ``live`` only.
+    """
+    if model is None or not model.mig_capable:
+        return ()
+    if not mig_capable:
+        return (f"nvmlDeviceGetMigMode (MIG mode): NOT_SUPPORTED, though {model.name} has MIG",)
+    lines: list[str] = []
+    read = {p.index: p for p in profiles}
+    for want in model.profiles:
+        got = read.get(want.index)
+        if got is None:
+            lines.append(
+                f"nvmlDeviceGetGpuInstanceProfileInfoV (GPU instance profile index {want.index}):"
+                f" no answer, though {model.name} has {want.name} there"
+            )
+        elif want.id in live:
+            have = {cp.id for cp in got.compute_profiles}
+            lines.extend(
+                f"nvmlGpuInstanceGetComputeInstanceProfileInfoV (compute instance profile index"
+                f" {cp.index} of GPU instance profile {want.id}): no answer, though {model.name}"
+                f" has {cp.name} there"
+                for cp in want.compute_profiles
+                if cp.id not in have
+            )
+    return tuple(lines)
 
 
 _MAX_PROFILE_TABLES = 256
@@ -55,7 +78,9 @@ class Snapshotter:
     themselves are always made.
     """
 
-    def __init__(self, capacity: int = 0) -> None:
+    def __init__(self, capacity: int = 0, bundled_model: BundledModel | None = None) -> None:
+        self._bundled_model = bundled_model
+        self._models: dict[tuple[int, int], GpuModel | None] = {}
         self._lock = threading.Lock()
         self._capacity = 0
         self._buffers: list[Any] = []
@@ -136,6 +161,9 @@ class Snapshotter:
             uuid,
             name,
             bus_id,
+            unknown_count,
+            _reserved2,
+            unknown,
         ) = DEVICE.unpack_from(buf, base)
         if status != 0:
             self._states = []  # do not trust a partial read next time either
@@ -162,6 +190,11 @@ class Snapshotter:
             table = build_profiles(buf, base, n_profiles, n_ci_profiles, memory_total)
             self._tables[profile_bytes] = table
         memory_mib = memory_total >> 20
+        model = self._model(pci_id, memory_mib)
+        instances = build_instances(buf, base, n_gis, n_cis, table)
+        failed = unknown_lines(unknown_count, unknown)
+        live = frozenset(gi.profile_id for gi in instances)
+        failed += _contradictions(model, bool(mig_capable), table.profiles, live)
         return GpuState(
             index=index,
             uuid=text(uuid),
@@ -175,7 +208,17 @@ class Snapshotter:
             mig_mode=mode,
             pending_mig_mode=pending,
             profiles=table.profiles,
-            gpu_instances=build_instances(buf, base, n_gis, n_cis, table),
-            model_name=_model_name(pci_id, memory_mib),
+            gpu_instances=instances,
+            model_name=model.name if model is not None else "",
+            unknown=failed,
         )
+
+    def _model(self, pci_device_id: int, memory_mib: int) -> GpuModel | None:
+        """The bundled table this GPU matches, if the caller gave a way to look it up."""
+        if self._bundled_model is None:
+            return None
+        key = (pci_device_id, memory_mib)
+        if key not in self._models:
+            self._models[key] = self._bundled_model(pci_device_id, memory_mib)
+        return self._models[key]
 

@@ -114,6 +114,7 @@ class Node:
         is_simulated: bool,
         state_file: str | None,
         cleanup: contextlib.ExitStack,
+        bundled_model: _nvml.BundledModel | None = None,
     ) -> None:
         self._library_path = library_path
         self._is_simulated = is_simulated
@@ -121,7 +122,7 @@ class Node:
         self._cleanup = cleanup
         self._closed = False
         self._lock = threading.Lock()
-        self._snapshotter = _nvml.Snapshotter(_nvml.device_count())
+        self._snapshotter = _nvml.Snapshotter(_nvml.device_count(), bundled_model)
 
     # ------------------------------------------------------------------ identity
 
@@ -174,8 +175,12 @@ class Node:
         nvidia-mig-parted, which numbers GPUs by PCI address); ``GpuState.index`` is its NVML
         index, which every NVML call uses. The two agree on ordinary systems.
 
-        Raises :class:`~migkit.errors.NvmlError` naming the GPU and the NVML call when any
-        part of a GPU cannot be read.
+        A read that fails leaves a fact unknown and is listed in that GPU's
+        ``GpuState.unknown`` (the call, what it was for, the error) instead of a default value:
+        the instances, compute instances and their in-use state, a profile table that the GPU's
+        bundled table says should answer. Raises :class:`~migkit.errors.NvmlError` naming the
+        GPU and the NVML call when the GPU itself cannot be read (its handle, identity or MIG
+        mode).
         """
         self._check_open()
         states = self._snapshotter.snapshot()
@@ -323,11 +328,16 @@ def open_node(
             library = _nvml.load(nvml_library)
         _nvml.init()
         cleanup.callback(_nvml.shutdown)
+        # The bundled tables name each GPU's model and tell a read that failed with
+        # NOT_SUPPORTED from a GPU or profile that has no MIG.
+        from migkit.hardware import model_for_pci_id
+
         return Node(
             library,
             is_simulated=state_file is not None,
             state_file=state_file,
             cleanup=cleanup,
+            bundled_model=model_for_pci_id,
         )
     except BaseException:
         cleanup.close()
