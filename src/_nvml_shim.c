@@ -442,20 +442,39 @@ int shim_has_symbol(const char *name)
     return handle != NULL && name != NULL && dlsym(handle, name) != NULL;
 }
 
+/* NVML sessions this process holds (inits that succeeded minus shutdowns): the table cache
+ * lives as long as one is open, since a driver reloaded in between may differ. */
+static unsigned int g_sessions;
+static pthread_mutex_t g_cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static void forget_tables_locked(int index);
+
 int shim_init(void)
 {
+    nv_return_t rc;
     if (!shim_is_loaded())
         return NV_LIBRARY_NOT_FOUND;
-    if (nv.init_with_flags != NULL)
-        return nv.init_with_flags(0);
-    return nv.init_v2();
+    rc = nv.init_with_flags != NULL ? nv.init_with_flags(0) : nv.init_v2();
+    if (rc == NV_SUCCESS) {
+        pthread_mutex_lock(&g_cache_lock);
+        g_sessions++;
+        pthread_mutex_unlock(&g_cache_lock);
+    }
+    return rc;
 }
 
 int shim_shutdown(void)
 {
+    nv_return_t rc;
     if (!shim_is_loaded())
         return NV_LIBRARY_NOT_FOUND;
-    return nv.shutdown();
+    rc = nv.shutdown();
+    if (rc == NV_SUCCESS) {
+        pthread_mutex_lock(&g_cache_lock);
+        if (g_sessions > 0 && --g_sessions == 0)
+            forget_tables_locked(-1);
+        pthread_mutex_unlock(&g_cache_lock);
+    }
+    return rc;
 }
 
 static const struct {
@@ -525,6 +544,48 @@ int shim_device_count(unsigned int *count)
 
 /* ------------------------------------------------------------------------------------------ */
 /* Snapshot                                                                                    */
+
+/* What never changes for one GPU while its UUID and MIG mode stay the same: its identity, its
+ * GPU-instance profiles with their placements, and the compute-instance profiles of each
+ * GPU-instance profile (read through a live GPU instance of it, so filled in as they appear).
+ * NVML documents the profile tables as properties of the GPU (possible placements do not
+ * depend on what is occupied); the MIG mode is read on every snapshot and a change drops the
+ * tables, a UUID change drops everything. Only reads that all succeeded are kept. */
+#define CACHE_MAX_CI_PROFILES 64
+typedef struct {
+    int valid;                    /* identity below is known */
+    char uuid[SHIM_UUID_LEN];
+    char name[SHIM_NAME_LEN];
+    char bus_id[SHIM_BUS_ID_LEN];
+    unsigned int pci_device_id;
+    unsigned int pci_subsystem_id;
+    unsigned int architecture;
+    unsigned long long memory_total;
+    int tables;                   /* profiles[] valid for mig_mode */
+    unsigned int mig_mode;
+    unsigned int profile_count;
+    shim_gi_profile_t profiles[SHIM_MAX_GI_PROFILES];
+    unsigned char ci_read[SHIM_MAX_GI_PROFILES]; /* CI profiles of profiles[k] are cached */
+    unsigned int ci_profile_count;
+    shim_ci_profile_t ci_profiles[CACHE_MAX_CI_PROFILES];
+} table_cache_t;
+
+static table_cache_t g_cache[SHIM_MAX_DEVICES];
+
+static void forget_tables_locked(int index)
+{
+    unsigned int i;
+    for (i = 0; i < SHIM_MAX_DEVICES; i++)
+        if (index < 0 || (unsigned int)index == i)
+            g_cache[i].valid = g_cache[i].tables = 0;
+}
+
+void shim_forget_tables(int index)
+{
+    pthread_mutex_lock(&g_cache_lock);
+    forget_tables_locked(index);
+    pthread_mutex_unlock(&g_cache_lock);
+}
 
 static void note(shim_device_t *d, const char *call, nv_return_t rc)
 {
@@ -813,7 +874,33 @@ static void snap_compute_instances(nv_gi_t gi, shim_gi_t *g, shim_device_t *d)
     }
 }
 
-static void snap_gpu_instances(nv_device_t dev, shim_device_t *d)
+/* The CI profiles of GPU-instance profile slot k, from the cache or read through `gi`. */
+static void ci_profiles_of(nv_gi_t gi, unsigned int k, shim_device_t *d, table_cache_t *cache)
+{
+    unsigned int gi_profile_id = d->profiles[k].id, start = d->ci_profile_count, before, i;
+    if (cache != NULL && cache->ci_read[k]) {
+        for (i = 0; i < cache->ci_profile_count; i++) {
+            if (cache->ci_profiles[i].gi_profile_id != gi_profile_id)
+                continue;
+            if (d->ci_profile_count >= SHIM_MAX_CI_PROFILES) {
+                d->truncated |= SHIM_TRUNC_CI_PROFILES;
+                return;
+            }
+            d->ci_profiles[d->ci_profile_count++] = cache->ci_profiles[i];
+        }
+        return;
+    }
+    before = d->unknown_count;
+    snap_ci_profiles(gi, gi_profile_id, d);
+    if (cache == NULL || d->unknown_count != before || d->truncated ||
+        cache->ci_profile_count + (d->ci_profile_count - start) > CACHE_MAX_CI_PROFILES)
+        return;
+    for (i = start; i < d->ci_profile_count; i++)
+        cache->ci_profiles[cache->ci_profile_count++] = d->ci_profiles[i];
+    cache->ci_read[k] = 1;
+}
+
+static void snap_gpu_instances(nv_device_t dev, shim_device_t *d, table_cache_t *cache)
 {
     unsigned int k;
     unsigned char ci_profiles_read[SHIM_MAX_GI_PROFILES];
@@ -858,7 +945,7 @@ static void snap_gpu_instances(nv_device_t dev, shim_device_t *d)
             g->size = info.placement.size;
             if (!ci_profiles_read[k]) {
                 ci_profiles_read[k] = 1;
-                snap_ci_profiles(gis[i], p->id, d);
+                ci_profiles_of(gis[i], k, d, cache);
             }
             snap_compute_instances(gis[i], g, d);
         }
@@ -974,26 +1061,55 @@ static void snap_mig_devices(nv_device_t dev, shim_device_t *d)
                     d->cis[i].gi_id, d->cis[i].id);
 }
 
-static void snap_device(unsigned int index, shim_device_t *d)
+/* The GPU-instance profiles, from the cache when it holds them for this mode, else read (and
+ * kept when every read succeeded). With `tables_if_needed`, a GPU with MIG off whose tables are
+ * not cached is left without them (tables_skipped = 1). */
+static void profiles_of(nv_device_t dev, shim_device_t *d, table_cache_t *cache,
+                        int tables_if_needed)
 {
-    nv_device_t dev;
-    nv_pci_info_t pci;
-    nv_memory_t memory;
-    unsigned int current = 0, pending = 0;
-    nv_return_t rc;
-
-    /* Every record is zeroed before it is filled (the header here, each array entry where it
-     * is taken), so two snapshots of the same state are identical bytes. */
-    memset(d, 0, offsetof(shim_device_t, profiles));
-    d->index = index;
-    rc = NV(device_get_handle_by_index, index, &dev);
-    if (rc != NV_SUCCESS) {
-        note(d, S_HANDLE, rc);
+    unsigned int before = d->unknown_count;
+    if (cache->tables && cache->mig_mode == d->mig_mode) {
+        d->profile_count = cache->profile_count;
+        memcpy(d->profiles, cache->profiles, cache->profile_count * sizeof d->profiles[0]);
         return;
     }
-    rc = NV(device_get_uuid, dev, d->uuid, sizeof d->uuid);
-    if (rc != NV_SUCCESS)
+    cache->tables = 0;
+    cache->ci_profile_count = 0;
+    memset(cache->ci_read, 0, sizeof cache->ci_read);
+    if (tables_if_needed && d->mig_mode != 1) {
+        d->tables_skipped = 1;
+        return;
+    }
+    snap_profiles(dev, d);
+    if (d->unknown_count != before || d->truncated)
+        return;
+    cache->profile_count = d->profile_count;
+    memcpy(cache->profiles, d->profiles, d->profile_count * sizeof d->profiles[0]);
+    cache->mig_mode = d->mig_mode;
+    cache->tables = 1;
+}
+
+/* Identity: UUID always (it tells another GPU at this index); the rest from the cache when
+ * the UUID is the cached one. Returns 0 when a read failed (noted in d). */
+static int identity_of(nv_device_t dev, shim_device_t *d, table_cache_t *cache)
+{
+    nv_pci_info_t pci;
+    nv_memory_t memory;
+    nv_return_t rc = NV(device_get_uuid, dev, d->uuid, sizeof d->uuid);
+    if (rc != NV_SUCCESS) {
         note(d, S_UUID, rc);
+        return 0;
+    }
+    if (cache->valid && strcmp(cache->uuid, d->uuid) == 0) {
+        memcpy(d->name, cache->name, sizeof d->name);
+        memcpy(d->bus_id, cache->bus_id, sizeof d->bus_id);
+        d->pci_device_id = cache->pci_device_id;
+        d->pci_subsystem_id = cache->pci_subsystem_id;
+        d->architecture = cache->architecture;
+        d->memory_total = cache->memory_total;
+        return 1;
+    }
+    memset(cache, 0, sizeof *cache); /* another GPU, or none known: forget everything */
     rc = NV(device_get_name, dev, d->name, sizeof d->name);
     if (rc != NV_SUCCESS)
         note(d, S_NAME, rc);
@@ -1014,33 +1130,69 @@ static void snap_device(unsigned int index, shim_device_t *d)
     rc = NV(device_get_architecture, dev, &d->architecture);
     if (rc != NV_SUCCESS)
         note(d, S_ARCH, rc);
+    if (d->status != 0)
+        return 0;
+    memcpy(cache->uuid, d->uuid, sizeof cache->uuid);
+    memcpy(cache->name, d->name, sizeof cache->name);
+    memcpy(cache->bus_id, d->bus_id, sizeof cache->bus_id);
+    cache->pci_device_id = d->pci_device_id;
+    cache->pci_subsystem_id = d->pci_subsystem_id;
+    cache->architecture = d->architecture;
+    cache->memory_total = d->memory_total;
+    cache->valid = 1;
+    return 1;
+}
 
-    rc = NV(device_get_mig_mode, dev, &current, &pending);
-    if (rc == NV_NOT_SUPPORTED) /* the way NVIDIA's own tools tell MIG capability */
-        return;
+static void snap_device(unsigned int index, shim_device_t *d, unsigned int flags)
+{
+    nv_device_t dev;
+    unsigned int current = 0, pending = 0;
+    table_cache_t *cache = &g_cache[index];
+    nv_return_t rc;
+
+    /* Every record is zeroed before it is filled (the header here, each array entry where it
+     * is taken), so two snapshots of the same state are identical bytes. */
+    memset(d, 0, offsetof(shim_device_t, profiles));
+    d->index = index;
+    rc = NV(device_get_handle_by_index, index, &dev);
     if (rc != NV_SUCCESS) {
+        note(d, S_HANDLE, rc);
+        return;
+    }
+    if (!identity_of(dev, d, cache))
+        return;
+    rc = NV(device_get_mig_mode, dev, &current, &pending);
+    if (rc == NV_NOT_SUPPORTED) { /* the way NVIDIA's own tools tell MIG capability */
+        cache->tables = 0;
+        return;
+    }
+    if (rc != NV_SUCCESS) {
+        cache->tables = 0;
         note(d, S_GET_MIG, rc);
         return;
     }
     d->mig_capable = 1;
     d->mig_mode = current;
     d->pending_mig_mode = pending;
-    snap_profiles(dev, d);
+    profiles_of(dev, d, cache, (flags & SHIM_SNAP_TABLES_IF_NEEDED) != 0);
     if (current == 1) {
-        snap_gpu_instances(dev, d);
+        snap_gpu_instances(dev, d, cache);
         snap_mig_devices(dev, d);
     }
 }
 
-int shim_snapshot(shim_device_t *out, unsigned int capacity, unsigned int *count)
+int shim_snapshot(shim_device_t *out, unsigned int capacity, unsigned int *count,
+                  unsigned int flags)
 {
     unsigned int n = 0, i;
     nv_return_t rc = NV(device_get_count, &n);
     *count = n;
     if (rc != NV_SUCCESS)
         return rc;
-    for (i = 0; i < n && i < capacity; i++)
-        snap_device(i, &out[i]);
+    pthread_mutex_lock(&g_cache_lock);
+    for (i = 0; i < n && i < capacity && i < SHIM_MAX_DEVICES; i++)
+        snap_device(i, &out[i], flags);
+    pthread_mutex_unlock(&g_cache_lock);
     return n > capacity ? NV_INSUFFICIENT_SIZE : NV_SUCCESS;
 }
 

@@ -189,7 +189,7 @@ typedef struct {
     unsigned int ci_count;
     unsigned int mig_device_count;
     unsigned int truncated;       /* SHIM_TRUNC_* bits */
-    unsigned int reserved;
+    unsigned int tables_skipped;  /* 1: MIG off and SHIM_SNAP_TABLES_IF_NEEDED: no profiles read */
     unsigned long long memory_total;  /* bytes */
     char failed_call[64];         /* name of the first failing NVML call, "" if none */
     char uuid[96];
@@ -284,8 +284,17 @@ int shim_device_count(unsigned int *count);
 
 /* Fill out[0 .. min(count, capacity)) and set *count to the number of GPUs. Returns the code of
  * the device count call (per-GPU failures are in each shim_device_t's status / failed_call), or
- * NVML_ERROR_INSUFFICIENT_SIZE (7) when there are more GPUs than capacity. */
-int shim_snapshot(shim_device_t *out, unsigned int capacity, unsigned int *count);
+ * NVML_ERROR_INSUFFICIENT_SIZE (7) when there are more GPUs than capacity.
+ *
+ * A GPU's identity and profile tables are read once and kept while its UUID and MIG mode stay
+ * the same and NVML stays initialised (the UUID and the mode are read every time). With
+ * SHIM_SNAP_TABLES_IF_NEEDED in flags, a GPU with MIG off gets no profiles unless they are
+ * kept already: what a question about modes alone needs. */
+#define SHIM_SNAP_TABLES_IF_NEEDED 1
+int shim_snapshot(shim_device_t *out, unsigned int capacity, unsigned int *count,
+                  unsigned int flags);
+/* Drop what is kept for GPU `index` (-1: every GPU), so that the next snapshot reads it all. */
+void shim_forget_tables(int index);
 
 /* same[i] = 1 when GPU i's records in `a` and `b` (two snapshots) are identical, else 0: the
  * shim writes every record the same way for the same state, so this tells the caller which

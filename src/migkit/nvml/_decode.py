@@ -79,7 +79,7 @@ DEVICE = _layout(
         ("ci_count", "I"),
         ("mig_device_count", "I"),
         ("truncated", "I"),
-        ("reserved", "I"),
+        ("tables_skipped", "I"),
         ("memory_total", "Q"),
         ("failed_call", "64s"),
         ("uuid", "96s"),

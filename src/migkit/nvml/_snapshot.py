@@ -29,7 +29,11 @@ BundledModel = Callable[[int, int], "GpuModel | None"]
 
 
 def _contradictions(
-    model: GpuModel | None, mig_capable: bool, profiles: tuple[Profile, ...], live: frozenset[int]
+    model: GpuModel | None,
+    mig_capable: bool,
+    profiles: tuple[Profile, ...],
+    live: frozenset[int],
+    tables_read: bool,
 ) -> tuple[str, ...]:
     """Reads whose "not supported" answer contradicts the bundled table of the same GPU.
 
@@ -43,6 +47,8 @@ def _contradictions(
         return ()
     if not mig_capable:
         return (f"nvmlDeviceGetMigMode (MIG mode): NOT_SUPPORTED, though {model.name} has MIG",)
+    if not tables_read:
+        return ()
     lines: list[str] = []
     read = {p.index: p for p in profiles}
     for want in model.profiles:
@@ -74,8 +80,9 @@ class Snapshotter:
     every record the same way for the same state, and a GPU whose records are byte-for-byte
     those of the previous snapshot gets the very same (immutable) :class:`GpuState` back.
     Profile tables are shared by every GPU whose profile records are identical (eight GPUs
-    of one model build them once) and survive changes to instances. The NVML calls
-    themselves are always made.
+    of one model build them once) and survive changes to instances. On the NVML side the
+    shim keeps each GPU's identity and profile tables while its UUID and MIG mode stay the
+    same; the mode, the instances and their processes are read every time.
     """
 
     def __init__(self, capacity: int = 0, bundled_model: BundledModel | None = None) -> None:
@@ -108,12 +115,15 @@ class Snapshotter:
             self._tables.clear()
             clear_interned()
 
-    def snapshot(self) -> tuple[GpuState, ...]:
+    def snapshot(self, *, tables: bool = True) -> tuple[GpuState, ...]:
+        """Every GPU, read in one shim call; ``tables=False`` leaves out the profile tables of
+        GPUs with MIG off unless they are kept already (see :meth:`Node.snapshot`)."""
+        flags = 0 if tables else lib.SHIM_SNAP_TABLES_IF_NEEDED
         with self._lock:
             for _ in range(2):
                 self._current ^= 1
                 out = self._buffers[self._current]
-                code = lib.shim_snapshot(out, self._capacity, self._count)
+                code = lib.shim_snapshot(out, self._capacity, self._count, flags)
                 count = int(self._count[0])
                 if code == 7 and count > self._capacity and self._capacity < lib.SHIM_MAX_DEVICES:
                     self._ensure(count)  # more GPUs than the buffer holds: grow, read again
@@ -155,7 +165,7 @@ class Snapshotter:
             n_cis,
             _n_mig,
             truncated,
-            _reserved,
+            tables_skipped,
             memory_total,
             failed_call,
             uuid,
@@ -194,7 +204,10 @@ class Snapshotter:
         instances = build_instances(buf, base, n_gis, n_cis, table)
         failed = unknown_lines(unknown_count, unknown)
         live = frozenset(gi.profile_id for gi in instances)
-        failed += _contradictions(model, bool(mig_capable), table.profiles, live)
+        contradictions = _contradictions(model, bool(mig_capable), table.profiles, live, not tables_skipped)
+        if contradictions:
+            lib.shim_forget_tables(index)  # read the tables afresh next time
+        failed += contradictions
         return GpuState(
             index=index,
             uuid=text(uuid),

@@ -72,7 +72,7 @@ class NodeLike(Protocol):
     @property
     def is_simulated(self) -> bool: ...
 
-    def snapshot(self) -> tuple[GpuState, ...]: ...
+    def snapshot(self, *, tables: bool = True) -> tuple[GpuState, ...]: ...
 
     def create_gpu_instances(
         self, requests: Iterable[GpuInstanceRequest], *, stop_on_error: bool = False
@@ -167,9 +167,16 @@ class Node:
 
     # ------------------------------------------------------------------ reading
 
-    def snapshot(self) -> tuple[GpuState, ...]:
+    def snapshot(self, *, tables: bool = True) -> tuple[GpuState, ...]:
         """Every GPU with its profiles, placements, instances and MIG devices, read in one call
         into the shim, in **PCI bus order**.
+
+        The profile tables never change while a GPU's UUID and MIG mode stay the same, so
+        they are read once per GPU while the node is open; every snapshot reads each GPU's
+        UUID, MIG mode, instances and processes afresh. ``tables=False`` is for questions
+        about MIG modes alone (``assert`` of ``all-disabled``): a GPU with MIG off then comes
+        without profiles (``profiles == ()``) unless they were read already, and costs two
+        NVML reads. Plan from a snapshot taken with ``tables=True``.
 
         A GPU's position in the tuple is what a config's ``devices: [i]`` means (as in
         nvidia-mig-parted, which numbers GPUs by PCI address); ``GpuState.index`` is its NVML
@@ -183,7 +190,7 @@ class Node:
         mode).
         """
         self._check_open()
-        states = self._snapshotter.snapshot()
+        states = self._snapshotter.snapshot(tables=tables)
         ordered = tuple(sorted(states, key=_pci_order))
         return states if all(a is b for a, b in zip(ordered, states, strict=True)) else ordered
 
