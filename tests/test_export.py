@@ -79,7 +79,7 @@ OFF: dict[str, object] = {"mig-enabled": False, "mig-devices": {}}
 ON: dict[str, object] = {"mig-enabled": True, "mig-devices": {}}
 
 
-# --------------------------------------------------------------------------- merge table (§3.5)
+# --------------------------------------------------------------------------- merge table (upstream export/config.go)
 
 
 def test_no_gpus_export_an_empty_list() -> None:

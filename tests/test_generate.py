@@ -1,4 +1,4 @@
-"""generate_config: the generated configs of mig-parted v0.14+ (facts §4.4 and mixed nodes)."""
+"""generate_config: the generated configs of mig-parted v0.14+ (its expected outputs and mixed nodes)."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def state_of(model: GpuModel, index: int = 0) -> GpuState:
     )
 
 
-# --------------------------------------------------------------------------- §4.4 single types
+# --------------------------------------------------------------------------- single GPU types
 
 SECTION_4_4_CASES = [
     (
@@ -219,7 +219,7 @@ SECTION_4_4_CASES = [
 def test_bundled_model_generates_upstreams_configs(
     model: str, balanced: dict[str, int], per_profile: dict[str, int]
 ) -> None:
-    """Each bundled MIG model yields exactly the §4.4 configs, counts and no filters."""
+    """Each bundled MIG model yields exactly upstream's expected configs, counts and no filters."""
     assert configs([gpu_model(model)]) == unfiltered(per_profile, balanced)
 
 
@@ -257,7 +257,7 @@ def test_two_slot_gpu_has_no_balanced_config() -> None:
 
 
 def test_config_names_replace_plus_with_dot_and_keep_minus() -> None:
-    """Normalisation: `+` becomes `.`, `-` stays (facts §4.2 table)."""
+    """Normalisation: `+` becomes `.`, `-` stays (as upstream names its all-<profile> configs)."""
     assert config_name("1g.10gb") == "all-1g.10gb"
     assert config_name("1g.10gb+me") == "all-1g.10gb.me"
     assert config_name("4g.96gb+gfx") == "all-4g.96gb.gfx"

@@ -210,7 +210,7 @@ def test_already_disabled_is_unchanged() -> None:
 
 
 def test_orphan_gi_is_destroyed_or_reused() -> None:
-    """A GI without CIs is destroyed unless the target reuses it by adding its CIs (P12)."""
+    """A GI without CIs is destroyed unless the target reuses it by adding its CIs."""
     orphan = GpuInstance(id=9, profile_id=14, profile="2g.10gb", start=0, size=2)
     gpu = plan_node(CONFIG, "mixed", [state(A100, 0, True, (orphan,))]).gpus[0]
     assert [gi.existing_id for gi in gpu.kept] == [9]
