@@ -359,7 +359,7 @@ def table(data: dict[str, Any]) -> str:
             )
         )
     widths = [max(len(r[i]) for r in [head, *lines]) for i in range(len(head))]
-    fmt = "| " + " | ".join("{:<%d}" % w for w in widths) + " |"
+    fmt = "| " + " | ".join(f"{{:<{w}}}" for w in widths) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([fmt.format(*head), sep, *(fmt.format(*r) for r in lines)])
 

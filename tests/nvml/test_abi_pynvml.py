@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
+from migkit import open_node
 from migkit.models import GpuState, Placement
 from migkit.nvml.node import (
     ComputeInstanceRequest,
     GpuInstanceRequest,
     MigModeRequest,
     Node,
-    open_node,
 )
 
 pynvml: Any = pytest.importorskip("pynvml")

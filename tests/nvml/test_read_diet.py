@@ -10,9 +10,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from migkit import simulator
+from migkit import open_node, simulator
 from migkit.models import GpuState, Placement
-from migkit.nvml.node import GpuInstanceRequest, MigModeRequest, Node, open_node
+from migkit.nvml.node import GpuInstanceRequest, MigModeRequest, Node
 
 TABLE_READS = (
     "nvmlDeviceGetGpuInstanceProfileInfoV",

@@ -14,14 +14,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from migkit import simulator
+from migkit import open_node, simulator
 from migkit.errors import NvmlError
 from migkit.models import GpuState, Placement
 from migkit.nvml.node import (
     ComputeInstanceRequest,
     GpuInstanceRequest,
     MigModeRequest,
-    open_node,
 )
 
 ERRORS = ("NOT_SUPPORTED", "NOT_FOUND", "INVALID_ARGUMENT", "UNKNOWN")

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from migkit import hardware, simulator
+from migkit import hardware, open_node, simulator
 from migkit.errors import (
     InsufficientResources,
     InUse,
@@ -29,7 +29,6 @@ from migkit.nvml.node import (
     GpuInstanceRequest,
     MigModeRequest,
     Node,
-    open_node,
 )
 
 H100_PROFILES = [  # H100 SXM5 as read on driver 580: id, NVML name, MiB, SMs, placements

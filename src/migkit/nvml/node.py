@@ -302,6 +302,8 @@ def open_node(
     nvml_library: str | os.PathLike[str] | None = None,
     simulate: str | None = None,
     sim_state: str | os.PathLike[str] | None = None,
+    *,
+    bundled_model: _nvml.BundledModel | None = None,
 ) -> Node:
     """Open the node's GPUs through libnvidia-ml, or a simulated node.
 
@@ -314,6 +316,11 @@ def open_node(
 
     ``nvml_library`` names the library explicitly (for a simulated node too). One process
     holds one libnvidia-ml: the first node opened decides which.
+
+    ``bundled_model`` looks a GPU up in the bundled hardware tables by (PCI device id, memory
+    MiB): it names each GPU's model (``GpuState.model_name``) and tells a NOT_SUPPORTED answer
+    that means "no MIG here" from one the GPU's table contradicts (an unknown fact). The NVML
+    layer does not import the tables itself; :func:`migkit.open_node` passes them.
     """
     cleanup = contextlib.ExitStack()
     try:
@@ -335,16 +342,12 @@ def open_node(
             library = _nvml.load(nvml_library)
         _nvml.init()
         cleanup.callback(_nvml.shutdown)
-        # The bundled tables name each GPU's model and tell a read that failed with
-        # NOT_SUPPORTED from a GPU or profile that has no MIG.
-        from migkit.hardware import model_for_pci_id
-
         return Node(
             library,
             is_simulated=state_file is not None,
             state_file=state_file,
             cleanup=cleanup,
-            bundled_model=model_for_pci_id,
+            bundled_model=bundled_model,
         )
     except BaseException:
         cleanup.close()
