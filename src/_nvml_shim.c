@@ -725,19 +725,15 @@ static void snap_profiles(nv_device_t dev, shim_device_t *d)
         }
         p->index = index;
         d->profile_count++;
-        /* count first, then the array: the documented way to size the buffer */
-        rc = NV(gi_possible_placements, dev, p->id, NULL, &count);
-        if (rc != NV_SUCCESS) {
-            unknown(d, S_GI_PLACEMENTS, rc, "placements of GPU instance profile %u", p->id);
-            continue;
-        }
-        if (count == 0)
-            continue;
-        if (count > COUNT_OF(placements)) {
+        /* One call with room for far more placements than any GPU has (a placement read costs
+         * ~200 us on a real GPU): NVML fills the array and sets count, or answers
+         * INSUFFICIENT_SIZE with the count it needs. */
+        count = COUNT_OF(placements);
+        rc = NV(gi_possible_placements, dev, p->id, placements, &count);
+        if (rc == NV_INSUFFICIENT_SIZE) {
             d->truncated |= SHIM_TRUNC_GI_PLACEMENTS;
             continue;
         }
-        rc = NV(gi_possible_placements, dev, p->id, placements, &count);
         if (rc != NV_SUCCESS) {
             unknown(d, S_GI_PLACEMENTS, rc, "placements of GPU instance profile %u", p->id);
             continue;
@@ -754,8 +750,14 @@ static void snap_profiles(nv_device_t dev, shim_device_t *d)
     }
 }
 
-/* The CI profiles of a GI profile are only reachable through a live GI of that profile. */
-static void snap_ci_profiles(nv_gi_t gi, unsigned int gi_profile_id, shim_device_t *d)
+/* Compute slices of each CI profile index (NVML_COMPUTE_INSTANCE_PROFILE_1_SLICE .. 2_SLICE_REV1). */
+static const unsigned int g_ci_index_slices[NV_CI_PROFILE_INDEX_COUNT] = {1, 2, 3, 4, 7, 8, 6, 1, 2};
+
+/* The CI profiles of a GI profile are only reachable through a live GI of that profile. A
+ * compute instance cannot have more compute slices than its GPU instance, so indices of larger
+ * profiles are not asked about (each answer costs ~300 us on a real GPU). */
+static void snap_ci_profiles(nv_gi_t gi, unsigned int gi_profile_id, unsigned int gi_slices,
+                             shim_device_t *d)
 {
     unsigned int index;
     for (index = 0; index < NV_CI_PROFILE_INDEX_COUNT; index++) {
@@ -765,6 +767,8 @@ static void snap_ci_profiles(nv_gi_t gi, unsigned int gi_profile_id, shim_device
         shim_ci_profile_t *cp;
         nv_return_t rc;
 
+        if (g_ci_index_slices[index] > gi_slices)
+            continue;
         memset(&info, 0, sizeof info);
         info.version = NV_CI_PROFILE_V2;
         rc = NV(ci_profile_info_v, gi, index, NV_CI_ENGINE_PROFILE_SHARED, &info);
@@ -796,18 +800,12 @@ static void snap_ci_profiles(nv_gi_t gi, unsigned int gi_profile_id, shim_device
         cp->ofas = info.ofas;
         copy_name(cp->name, info.name, sizeof cp->name);
 
-        rc = NV(ci_possible_placements, gi, cp->id, NULL, &count);
-        if (rc != NV_SUCCESS) {
-            unknown(d, S_CI_PLACEMENTS, rc, "placements of compute instance profile %u", cp->id);
-            continue;
-        }
-        if (count == 0)
-            continue;
-        if (count > COUNT_OF(placements)) {
+        count = COUNT_OF(placements); /* one call, as for GPU-instance placements */
+        rc = NV(ci_possible_placements, gi, cp->id, placements, &count);
+        if (rc == NV_INSUFFICIENT_SIZE) {
             d->truncated |= SHIM_TRUNC_CI_PLACEMENTS;
             continue;
         }
-        rc = NV(ci_possible_placements, gi, cp->id, placements, &count);
         if (rc != NV_SUCCESS) {
             unknown(d, S_CI_PLACEMENTS, rc, "placements of compute instance profile %u", cp->id);
             continue;
@@ -891,7 +889,7 @@ static void ci_profiles_of(nv_gi_t gi, unsigned int k, shim_device_t *d, table_c
         return;
     }
     before = d->unknown_count;
-    snap_ci_profiles(gi, gi_profile_id, d);
+    snap_ci_profiles(gi, gi_profile_id, d->profiles[k].slice_count, d);
     if (cache == NULL || d->unknown_count != before || d->truncated ||
         cache->ci_profile_count + (d->ci_profile_count - start) > CACHE_MAX_CI_PROFILES)
         return;
