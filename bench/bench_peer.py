@@ -412,12 +412,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=len(SEQUENCE), help="run the first N configs only")
     args = parser.parse_args()
     why = missing_peer()
+    RESULTS.mkdir(exist_ok=True)
     if why is not None:
         print(f"bench_peer: skipped: {why}")
+        (RESULTS / "peer.json").write_text(json.dumps({"skipped": why}) + "\n")
         return
     sys.path.insert(0, str(ROOT / "src"))
     data = run(SEQUENCE[: args.steps])
-    RESULTS.mkdir(exist_ok=True)
     (RESULTS / "peer.json").write_text(json.dumps(data, indent=2) + "\n")
     print("k = migkit, p = nvidia-mig-parted; read ms priced with captured per-call costs (driver 580)")
     print(table(data))

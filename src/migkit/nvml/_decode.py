@@ -86,8 +86,6 @@ DEVICE = _layout(
         ("name", "96s"),
         ("bus_id", "32s"),
         ("unknown_count", "I"),
-        ("reserved2", "I"),
-        ("unknown", f"{lib.SHIM_MAX_UNKNOWN * lib.SHIM_UNKNOWN_LEN}s"),
     ],
 )
 _GI_PROFILE = _layout(
@@ -170,6 +168,7 @@ _C_PIDS = 18  # index of pids[0] in an unpacked shim_ci_t
 
 DEVICE_SIZE: int = ffi.sizeof("shim_device_t")
 OFF_PROFILES: int = ffi.offsetof("shim_device_t", "profiles")
+OFF_UNKNOWN: int = ffi.offsetof("shim_device_t", "unknown")  # read only when unknown_count > 0
 OFF_CI_PROFILES: int = ffi.offsetof("shim_device_t", "ci_profiles")
 _OFF_GIS: int = ffi.offsetof("shim_device_t", "gis")
 _OFF_CIS: int = ffi.offsetof("shim_device_t", "cis")
@@ -183,13 +182,15 @@ def text(raw: bytes) -> str:
     return raw.partition(b"\0")[0].decode("utf-8", "replace")
 
 
-def unknown_lines(count: int, raw: bytes) -> tuple[str, ...]:
-    """The failed reads the shim listed for one GPU (it keeps the first SHIM_MAX_UNKNOWN)."""
+def unknown_lines(buf: Any, base: int, count: int) -> tuple[str, ...]:
+    """The failed reads the shim listed for the GPU record at ``base`` (it keeps the first
+    SHIM_MAX_UNKNOWN)."""
     if not count:
         return ()
     size = lib.SHIM_UNKNOWN_LEN
     kept = min(count, lib.SHIM_MAX_UNKNOWN)
-    lines = [text(raw[k * size : (k + 1) * size]) for k in range(kept)]
+    start = base + OFF_UNKNOWN
+    lines = [text(buf[start + k * size : start + (k + 1) * size]) for k in range(kept)]
     if count > kept:
         lines.append(f"{count - kept} more failed reads")
     return tuple(lines)

@@ -97,6 +97,8 @@ class Snapshotter:
         self._states: list[GpuState | None] = []  # GpuState of each index from the last snapshot
         # profile records -> their models; GPUs of one model share one entry
         self._tables: dict[bytes, ProfileTable] = {}
+        # (profile records, model, MIG capable, live GI profiles, tables read) -> contradictions
+        self._contradictions: dict[tuple[bytes, str, bool, frozenset[int], bool], tuple[str, ...]] = {}
         self._ensure(max(capacity, 1))
 
     def _ensure(self, capacity: int) -> None:
@@ -113,6 +115,7 @@ class Snapshotter:
         with self._lock:
             self._states = []
             self._tables.clear()
+            self._contradictions.clear()
             clear_interned()
 
     def snapshot(self, *, tables: bool = True) -> tuple[GpuState, ...]:
@@ -172,8 +175,6 @@ class Snapshotter:
             name,
             bus_id,
             unknown_count,
-            _reserved2,
-            unknown,
         ) = DEVICE.unpack_from(buf, base)
         if status != 0:
             self._states = []  # do not trust a partial read next time either
@@ -202,9 +203,15 @@ class Snapshotter:
         memory_mib = memory_total >> 20
         model = self._model(pci_id, memory_mib)
         instances = build_instances(buf, base, n_gis, n_cis, table)
-        failed = unknown_lines(unknown_count, unknown)
+        failed = unknown_lines(buf, base, unknown_count)
         live = frozenset(gi.profile_id for gi in instances)
-        contradictions = _contradictions(model, bool(mig_capable), table.profiles, live, not tables_skipped)
+        key = (profile_bytes, model.name if model else "", bool(mig_capable), live, not tables_skipped)
+        contradictions = self._contradictions.get(key)
+        if contradictions is None:
+            contradictions = _contradictions(model, bool(mig_capable), table.profiles, live, not tables_skipped)
+            if len(self._contradictions) >= _MAX_PROFILE_TABLES:
+                self._contradictions.clear()
+            self._contradictions[key] = contradictions
         if contradictions:
             lib.shim_forget_tables(index)  # read the tables afresh next time
         failed += contradictions
