@@ -1230,11 +1230,14 @@ static nv_return_t create_gpu_instance(shim_gi_create_t *r)
     }
     placement.start = r->start;
     placement.size = r->size;
+    r->created = 0;
     rc = NV(create_gi_with_placement, dev, r->profile_id, &placement, &gi);
     if (rc != NV_SUCCESS) {
         r->call = S_CREATE_GI;
         return rc;
     }
+    /* From here on the instance exists: a failed read-back must not make it look uncreated. */
+    r->created = 1;
     memset(&info, 0, sizeof info);
     rc = NV(gi_get_info, gi, &info);
     if (rc != NV_SUCCESS) {
@@ -1267,7 +1270,9 @@ static nv_return_t create_compute_instance(shim_ci_create_t *r)
     nv_gi_t gi;
     nv_ci_t ci;
     nv_ci_info_t info;
-    nv_return_t rc = gpu_instance_by_id(r->device, r->gi_id, &gi, &r->call);
+    nv_return_t rc;
+    r->created = 0;
+    rc = gpu_instance_by_id(r->device, r->gi_id, &gi, &r->call);
     if (rc != NV_SUCCESS)
         return rc;
     if (r->size == 0) {
@@ -1286,6 +1291,7 @@ static nv_return_t create_compute_instance(shim_ci_create_t *r)
             return rc;
         }
     }
+    r->created = 1; /* as for GPU instances: it exists even if reading it back fails */
     memset(&info, 0, sizeof info);
     rc = NV(ci_get_info, ci, &info);
     if (rc != NV_SUCCESS) {

@@ -217,6 +217,7 @@ typedef struct {
     unsigned int size;
     int status;
     unsigned int gi_id;           /* out */
+    unsigned int created;         /* out: 1 once NVML created it, even if reading it back failed */
     const char *call;             /* out */
 } shim_gi_create_t;
 
@@ -228,7 +229,7 @@ typedef struct {
     unsigned int size;
     int status;
     unsigned int ci_id;           /* out */
-    unsigned int reserved;
+    unsigned int created;         /* out: 1 once NVML created it, even if reading it back failed */
     const char *call;             /* out */
 } shim_ci_create_t;
 

@@ -502,3 +502,31 @@ def test_canonical_names_from_nvml_names(nvml_name: str, canonical: str) -> None
 def test_computed_names_when_nvml_gives_none(index: int, slices: int, mib: int, total_mib: int, name: str) -> None:
     """Without an NVML name the profile is named by mig-parted's rule (half-up rounding)."""
     assert _decode.computed_gi_name(index, slices, mib, total_mib * 2**20) == name
+
+
+@pytest.mark.parametrize("read_back", ["nvmlGpuInstanceGetInfo", "nvmlComputeInstanceGetInfo_v2"])
+def test_an_instance_whose_read_back_fails_is_reported_created(read_back: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NVML created the instance but reading it back failed: the result fails, names the read,
+    and says the instance exists, so that the caller looks for it instead of forgetting it."""
+    monkeypatch.setenv("MIGKIT_SIM_FAULTS", f"{read_back}@1=UNKNOWN")
+    with open_node(simulate="1xh100-80gb") as node:
+        assert node.set_mig_mode([MigModeRequest(0, 1)])[0].ok
+        gi = node.create_gpu_instances([GpuInstanceRequest(0, 9, Placement(4, 4))])[0]
+        if read_back == "nvmlGpuInstanceGetInfo":
+            assert not gi.ok and gi.created and gi.gpu_instance is None
+            assert gi.error is not None and gi.error.call == read_back
+            assert [g.placement for g in node.snapshot()[0].gpu_instances] == [Placement(4, 4)]
+            return
+        assert gi.ok and gi.created and gi.gpu_instance is not None
+        ci = node.create_compute_instances([ComputeInstanceRequest(0, gi.gpu_instance, 2, Placement(0, 3))])[0]
+        assert not ci.ok and ci.created and ci.compute_instance is None
+        assert ci.error is not None and ci.error.call == read_back
+        (listed,) = node.snapshot()[0].gpu_instances
+        assert [c.profile_id for c in listed.compute_instances] == [2]
+
+
+def test_a_create_that_fails_is_not_created(mig_node: Node) -> None:
+    """An instance NVML refused is not created, and says so."""
+    taken = mig_node.create_gpu_instances([GpuInstanceRequest(0, 9, Placement(4, 4))])[0]
+    again = mig_node.create_gpu_instances([GpuInstanceRequest(0, 9, Placement(4, 4))])[0]
+    assert taken.ok and taken.created and not again.ok and not again.created

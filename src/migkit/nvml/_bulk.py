@@ -90,20 +90,31 @@ class _Result:
 
 @attrs.frozen(eq=False)
 class GpuInstanceResult(_Result):
-    """Outcome of one :class:`GpuInstanceRequest`; ``gpu_instance`` is the new GI's id."""
+    """Outcome of one :class:`GpuInstanceRequest`; ``gpu_instance`` is the new GI's id.
+
+    ``created`` is true once NVML created the instance, also when reading it back failed
+    afterwards (``ok`` false, ``gpu_instance`` unknown): it exists, so find it in a fresh
+    snapshot rather than take it for never made.
+    """
 
     request: GpuInstanceRequest
     gpu_instance: int | None = None
     placement: Placement | None = None
+    created: bool = False
 
 
 @attrs.frozen(eq=False)
 class ComputeInstanceResult(_Result):
-    """Outcome of one :class:`ComputeInstanceRequest`; ``compute_instance`` is the new id."""
+    """Outcome of one :class:`ComputeInstanceRequest`; ``compute_instance`` is the new id.
+
+    ``created`` as for :class:`GpuInstanceResult`: true once the compute instance exists,
+    even when reading it back failed.
+    """
 
     request: ComputeInstanceRequest
     compute_instance: int | None = None
     placement: Placement | None = None
+    created: bool = False
 
 
 @attrs.frozen(eq=False)
@@ -176,8 +187,8 @@ def create_gpu_instances(
 
     def result(item: Any, r: GpuInstanceRequest, error: NvmlError | None) -> GpuInstanceResult:
         if item.status != 0:
-            return GpuInstanceResult(item.status, error, r)
-        return GpuInstanceResult(0, None, r, item.gi_id, interned_placement(item.start, item.size))
+            return GpuInstanceResult(item.status, error, r, created=bool(item.created))
+        return GpuInstanceResult(0, None, r, item.gi_id, interned_placement(item.start, item.size), created=True)
 
     return _run_bulk(
         lib.shim_create_gpu_instances,
@@ -202,9 +213,9 @@ def create_compute_instances(
 
     def result(item: Any, r: ComputeInstanceRequest, error: NvmlError | None) -> ComputeInstanceResult:
         if item.status != 0:
-            return ComputeInstanceResult(item.status, error, r)
+            return ComputeInstanceResult(item.status, error, r, created=bool(item.created))
         placement = interned_placement(item.start, item.size) if item.size else None
-        return ComputeInstanceResult(0, None, r, item.ci_id, placement)
+        return ComputeInstanceResult(0, None, r, item.ci_id, placement, created=True)
 
     return _run_bulk(
         lib.shim_create_compute_instances,
