@@ -58,7 +58,7 @@
 
 
 /* CDEF-BEGIN */
-#define SHIM_ABI_VERSION 2
+#define SHIM_ABI_VERSION 3 /* 3: failed-read lines, kept tables, snapshot flags, created */
 
 #define SHIM_STATUS_READ_ONLY -1
 #define SHIM_STATUS_NOT_ATTEMPTED -2
