@@ -84,16 +84,16 @@ MUTATING = frozenset(
         "nvmlComputeInstanceDestroy",
     }
 )
-SESSION = frozenset({"nvmlInit", "nvmlInit_v2", "nvmlInitWithFlags", "nvmlShutdown"})
+NVML_OPEN_CLOSE = frozenset({"nvmlInit", "nvmlInit_v2", "nvmlInitWithFlags", "nvmlShutdown"})
 
 LATENCY = "hopper-580"
 
 
 def nvml_time(charged: dict[str, int]) -> dict[str, float]:
     """Charged milliseconds of one command: its reads, and opening and closing NVML."""
-    reads = sum(ns for name, ns in charged.items() if name not in MUTATING and name not in SESSION)
-    session = sum(ns for name, ns in charged.items() if name in SESSION)
-    return {"reads_ms": reads / 1e6, "session_ms": session / 1e6}
+    reads = sum(ns for name, ns in charged.items() if name not in MUTATING and name not in NVML_OPEN_CLOSE)
+    open_close = sum(ns for name, ns in charged.items() if name in NVML_OPEN_CLOSE)
+    return {"reads_ms": reads / 1e6, "open_close_ms": open_close / 1e6}
 
 
 def stats(state: str) -> dict[str, int]:
@@ -138,7 +138,7 @@ class Tool:
             "exit": proc.returncode,
             "wall_ms": wall * 1000,
             "calls": calls,
-            "reads": sum(n for k, n in calls.items() if k not in MUTATING and k not in SESSION),
+            "reads": sum(n for k, n in calls.items() if k not in MUTATING and k not in NVML_OPEN_CLOSE),
             "mutating": sum(n for k, n in calls.items() if k in MUTATING),
             "gi_destroyed": calls.get("nvmlGpuInstanceDestroy", 0),
             "output": (proc.stdout + proc.stderr)[-2000:],
@@ -191,8 +191,8 @@ def missing_peer() -> str | None:
     return None
 
 
-def _snapshot_session(spec: str, reads: Sequence[bool], repeat: int = 1) -> dict[str, Any]:
-    """One session on a fresh ``spec`` node under the latency model, taking snapshots (the
+def _snapshot_run(spec: str, reads: Sequence[bool], repeat: int = 1) -> dict[str, Any]:
+    """NVML opened once on a fresh ``spec`` node under the latency model, taking snapshots (the
     ``tables`` flag of each; the last one ``repeat`` times): its NVML calls, the read time
     charged, and the wall time of each of the last snapshots."""
     from migkit import open_node, simulator
@@ -210,7 +210,7 @@ def _snapshot_session(spec: str, reads: Sequence[bool], repeat: int = 1) -> dict
                     start = time.perf_counter()
                     node.snapshot(tables=reads[-1])
                     times.append((time.perf_counter() - start) * 1000)
-            calls = {k: n for k, n in stats(state).items() if k not in SESSION}
+            calls = {k: n for k, n in stats(state).items() if k not in NVML_OPEN_CLOSE}
             reads_ms = nvml_time(charged(state))["reads_ms"]
     finally:
         if previous is None:
@@ -221,13 +221,13 @@ def _snapshot_session(spec: str, reads: Sequence[bool], repeat: int = 1) -> dict
 
 
 def snapshots() -> dict[str, Any]:
-    """Snapshots under the latency model: one H100 read again and again in a session, and 8
+    """Snapshots under the latency model: one H100 read again and again while NVML stays open, and 8
     H100s read the ways an operation can (first full read, first mode-only read, again)."""
-    one = _snapshot_session("1xh100-80gb", [True])
-    again = _snapshot_session("1xh100-80gb", [True, True], repeat=51)
-    eight = _snapshot_session(SPEC, [True])
-    eight_mode = _snapshot_session(SPEC, [False])
-    eight_twice = _snapshot_session(SPEC, [True, True])
+    one = _snapshot_run("1xh100-80gb", [True])
+    again = _snapshot_run("1xh100-80gb", [True, True], repeat=51)
+    eight = _snapshot_run(SPEC, [True])
+    eight_mode = _snapshot_run(SPEC, [False])
+    eight_twice = _snapshot_run(SPEC, [True, True])
     return {
         "1xh100 first": [one["calls"], one["wall_ms"][0]],
         "1xh100 repeated": [(again["calls"] - one["calls"]) / 51, statistics.median(again["wall_ms"])],
@@ -294,7 +294,7 @@ def table(data: dict[str, Any]) -> str:
                 f"{k['wall_ms'] / p['wall_ms']:.2f}x",
                 f"{k['reads_ms']:.1f}/{p['reads_ms']:.1f}",
                 f"{k['reads_ms'] / p['reads_ms']:.2f}x" if p["reads_ms"] else "-",
-                f"{k['session_ms']:.0f}/{p['session_ms']:.0f}",
+                f"{k['open_close_ms']:.0f}/{p['open_close_ms']:.0f}",
             )
         )
     widths = [max(len(r[i]) for r in [head, *lines]) for i in range(len(head))]

@@ -442,9 +442,9 @@ int shim_has_symbol(const char *name)
     return handle != NULL && name != NULL && dlsym(handle, name) != NULL;
 }
 
-/* NVML sessions this process holds (inits that succeeded minus shutdowns): the table cache
- * lives as long as one is open, since a driver reloaded in between may differ. */
-static unsigned int g_sessions;
+/* How many times this process has NVML open (inits that succeeded minus shutdowns): the kept
+ * tables live while it is open at least once, since a driver reloaded in between may differ. */
+static unsigned int g_nvml_opens;
 static pthread_mutex_t g_cache_lock = PTHREAD_MUTEX_INITIALIZER;
 static void forget_tables_locked(int index);
 
@@ -456,7 +456,7 @@ int shim_init(void)
     rc = nv.init_with_flags != NULL ? nv.init_with_flags(0) : nv.init_v2();
     if (rc == NV_SUCCESS) {
         pthread_mutex_lock(&g_cache_lock);
-        g_sessions++;
+        g_nvml_opens++;
         pthread_mutex_unlock(&g_cache_lock);
     }
     return rc;
@@ -470,7 +470,7 @@ int shim_shutdown(void)
     rc = nv.shutdown();
     if (rc == NV_SUCCESS) {
         pthread_mutex_lock(&g_cache_lock);
-        if (g_sessions > 0 && --g_sessions == 0)
+        if (g_nvml_opens > 0 && --g_nvml_opens == 0)
             forget_tables_locked(-1);
         pthread_mutex_unlock(&g_cache_lock);
     }

@@ -1,7 +1,7 @@
 """The read diet: profile tables read once per GPU while its UUID and MIG mode stay the same.
 
 The simulator counts NVML calls per function and writes them to its state file when NVML shuts
-down, so each test compares whole sessions: one that snapshots once, one that does more.
+down, so each test compares whole runs of NVML: one that snapshots once, one that does more.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ IDENTITY_READS = (
 )
 
 
-def _session(state: str, work: Callable[[Node], object]) -> dict[str, int]:
-    """The NVML calls one session on ``state`` makes while doing ``work``."""
+def _nvml_run(state: str, work: Callable[[Node], object]) -> dict[str, int]:
+    """The NVML calls made between opening ``state`` and closing it, doing ``work``."""
     before = simulator.stats(state)
     with open_node(sim_state=state) as node:
         work(node)
@@ -48,8 +48,8 @@ def _snapshots(n: int, **kwargs: bool) -> Callable[[Node], list[tuple[GpuState, 
 def test_a_second_snapshot_reads_no_profile_table(tmp_path: Path) -> None:
     """Of eight H100s read twice, the second snapshot reads only each GPU's UUID and mode."""
     state = simulator.write_state(tmp_path / "node.state", "8xh100-80gb")
-    once = _session(state, _snapshots(1))
-    twice = _session(state, _snapshots(2))
+    once = _nvml_run(state, _snapshots(1))
+    twice = _nvml_run(state, _snapshots(2))
     assert once["nvmlDeviceGetGpuInstanceProfileInfoV"] >= 8 * 18  # the first reads every index
     assert _minus(twice, once) == {
         "nvmlDeviceGetCount_v2": 1,
@@ -88,11 +88,11 @@ def test_a_mode_change_reads_that_gpus_tables_again(tmp_path: Path) -> None:
         before_and_after(node)
         node.snapshot()
 
-    base = _session(state, lambda node: node.snapshot())  # MIG still off on both
+    base = _nvml_run(state, lambda node: node.snapshot())  # MIG still off on both
     simulator.write_state(state, "2xh100-80gb")
-    changed = _session(state, before_and_after)
+    changed = _nvml_run(state, before_and_after)
     simulator.write_state(state, "2xh100-80gb")
-    again = _session(state, three_times)
+    again = _nvml_run(state, three_times)
     # GPU 0's table is read a second time after its mode changed, GPU 1's is not
     one_table = base["nvmlDeviceGetGpuInstanceProfileInfoV"] // 2
     assert changed["nvmlDeviceGetGpuInstanceProfileInfoV"] == 3 * one_table
@@ -103,7 +103,7 @@ def test_a_mode_change_reads_that_gpus_tables_again(tmp_path: Path) -> None:
 
 
 def test_another_gpu_at_the_same_index_is_read_afresh(tmp_path: Path) -> None:
-    """The node's GPU 0 is replaced by another model while the session is open: its UUID
+    """The node's GPU 0 is replaced by another model while the node is open: its UUID
     differs, so the snapshot reads the new GPU's identity and tables instead of reusing them."""
     state = simulator.write_state(tmp_path / "node.state", "1xh100-80gb")
     with open_node(sim_state=state) as node:
@@ -122,16 +122,16 @@ def test_a_mode_only_snapshot_reads_two_things_per_gpu(tmp_path: Path) -> None:
     says so with empty profiles; a full snapshot after it reads the tables."""
     state = simulator.write_state(tmp_path / "node.state", "8xh100-80gb")
     got: list[tuple[GpuState, ...]] = []
-    calls = _session(state, lambda node: got.extend([node.snapshot(tables=False), node.snapshot()]))
+    calls = _nvml_run(state, lambda node: got.extend([node.snapshot(tables=False), node.snapshot()]))
     mode_only, full = got
     assert all(g.profiles == () and g.mig_mode == 0 and not g.unknown for g in mode_only)
     assert all(len(g.profiles) == 7 for g in full)
-    full = _session(state, _snapshots(1))
+    full = _nvml_run(state, _snapshots(1))
     # the profile tables are read by the full snapshot only
     assert calls["nvmlDeviceGetGpuInstanceProfileInfoV"] == full["nvmlDeviceGetGpuInstanceProfileInfoV"]
     assert calls["nvmlDeviceGetMigMode"] == 16
 
-    alone = _session(state, _snapshots(1, tables=False))
+    alone = _nvml_run(state, _snapshots(1, tables=False))
     assert not set(alone) & set(TABLE_READS)
     assert alone["nvmlDeviceGetMigMode"] == 8 and alone["nvmlDeviceGetUUID"] == 8
 

@@ -69,7 +69,7 @@ def partitioned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _read(state: str) -> Reading:
-    """One snapshot in a fresh NVML session, and the calls it made per function."""
+    """One snapshot with NVML opened afresh, and the calls it made per function."""
     before = simulator.stats(state)
     with open_node(sim_state=state) as node:
         gpus = node.snapshot()
@@ -229,7 +229,7 @@ def test_the_fault_environment_is_clean_after_the_sweep() -> None:
 
 
 def test_no_fault_reads_the_same_twice(partitioned: str) -> None:
-    """Without a fault two sessions read the same node the same way, unknowns empty."""
+    """Without a fault, NVML opened twice reads the same node the same way, unknowns empty."""
     first, _ = _read(partitioned)
     second, _ = _read(partitioned)
     assert first == second and not any(g.unknown for g in first)
