@@ -29,7 +29,7 @@ BENCHMARKS = {
     "apply": ("bench_apply.py", [], ["--repeat", "1"]),
     "cli": ("bench_cli.py", [], ["--repeat", "5"]),
     # skips itself, with a line saying why, where nvidia-mig-parted or root is missing
-    "peer": ("bench_peer.py", [], ["--steps", "2"]),
+    "peer": ("bench_peer.py", [], ["--steps", "2", "--repeat", "1"]),
 }
 
 
