@@ -233,3 +233,28 @@ def test_no_fault_reads_the_same_twice(partitioned: str) -> None:
     first, _ = _read(partitioned)
     second, _ = _read(partitioned)
     assert first == second and not any(g.unknown for g in first)
+
+
+def test_a_missing_inferred_table_row_is_not_an_unknown(tmp_path: object) -> None:
+    """A profile the bundled table only infers (A100-80GB's 1g.20gb, which drivers before R525
+    lack) may be absent without making the GPU unknown; an observed one may not."""
+    state = os.path.join(str(tmp_path), "a100.state")
+    simulator.write_state(state, "1xa100-80gb")
+    with open_node(sim_state=state) as node:
+        clean = node.snapshot()[0]
+    indices = sorted(p.index for p in clean.profiles)
+    seen: dict[str, tuple[str, ...]] = {}
+    for position in range(1, 40):
+        os.environ["MIGKIT_SIM_FAULTS"] = f"nvmlDeviceGetGpuInstanceProfileInfoV@{position}=NOT_SUPPORTED"
+        try:
+            with open_node(sim_state=state) as node:
+                gpu = node.snapshot()[0]
+        finally:
+            del os.environ["MIGKIT_SIM_FAULTS"]
+        missing = sorted(set(indices) - {p.index for p in gpu.profiles})
+        if len(missing) == 1:
+            name = next(p.name for p in clean.profiles if p.index == missing[0])
+            seen[name] = gpu.unknown
+    assert "1g.20gb" in seen and "2g.20gb" in seen, sorted(seen)
+    assert seen["1g.20gb"] == ()
+    assert seen["2g.20gb"] and "2g.20gb" in seen["2g.20gb"][0]

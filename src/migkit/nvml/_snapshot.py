@@ -41,7 +41,10 @@ def _contradictions(
     for a read that failed; the bundled table (from the same PCI device id) tells them apart.
     A GPU that should offer MIG or a profile and did not answer for it has an unknown fact.
     Compute-instance profiles are read through a live GPU instance, so they are checked for
-    the GPU-instance profiles in ``live`` only.
+    the GPU-instance profiles in ``live`` only. Only GPU-instance rows observed on real GPUs
+    count: an inferred row may simply be wrong, and a profile a newer driver added (A100's
+    1g.10gb came with R525) is rightly absent on an older one. Compute-instance profiles follow
+    from the GPU-instance profile by fixed rules, so all of them count.
     """
     if model is None or not model.mig_capable:
         return ()
@@ -52,6 +55,8 @@ def _contradictions(
     lines: list[str] = []
     read = {p.index: p for p in profiles}
     for want in model.profiles:
+        if want.mark != "observed":
+            continue
         got = read.get(want.index)
         if got is None:
             lines.append(
