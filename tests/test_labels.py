@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import attrs
 import pytest
 
+from builders import gpu_state, instances_of
 from migkit.hardware import gpu_model
 from migkit.labels import (
     LabelError,
@@ -15,13 +16,7 @@ from migkit.labels import (
     product_label,
     single_strategy_problem,
 )
-from migkit.models import (
-    MIG_DISABLED,
-    MIG_ENABLED,
-    ComputeInstance,
-    GpuInstance,
-    GpuState,
-)
+from migkit.models import GpuState
 
 H100 = "NVIDIA-H100-80GB-HBM3"
 
@@ -34,54 +29,11 @@ def gpu(
 ) -> GpuState:
     """A GpuState whose instances carry the values NVML reports for their MIG devices.
 
-    ``layout`` lists GPU instances as ``(gi_profile, [ci_profiles])``; memory is the
-    profile's MIG-device memory, SMs come from the compute profile and engines from the GI.
+    ``layout`` lists GPU instances as ``(gi_profile, [ci_profiles])``; MIG is enabled when
+    there are any, unless ``enabled`` says otherwise.
     """
-    m = gpu_model(model)
-    gis = []
-    for gi_id, (gi_name, ci_names) in enumerate(layout):
-        p = m.profile(gi_name)
-        cis = []
-        start = 0
-        for ci_id, ci_name in enumerate(ci_names):
-            cp = p.compute_profile(ci_name)
-            cis.append(
-                ComputeInstance(
-                    id=ci_id,
-                    profile_id=cp.id,
-                    profile=cp.name,
-                    start=start,
-                    size=cp.slice_count,
-                    uuid=f"MIG-{index}-{gi_id}-{ci_id}",
-                    memory_mib=p.device_memory_mib or p.memory_mib,
-                    multiprocessors=cp.multiprocessors,
-                    copy_engines=p.copy_engines,
-                    decoders=p.decoders,
-                    encoders=p.encoders,
-                    jpegs=p.jpegs,
-                    ofas=p.ofas,
-                )
-            )
-            start += cp.slice_count
-        placement = p.placements[gi_id % len(p.placements)]
-        gis.append(GpuInstance(gi_id, p.id, p.name, placement.start, placement.size, tuple(cis)))
     on = bool(layout) if enabled is None else enabled
-    mode = MIG_ENABLED if on else MIG_DISABLED
-    return GpuState(
-        index=index,
-        uuid=f"GPU-{index}",
-        name=m.product_name,
-        pci_device_id=m.pci_device_id,
-        pci_subsystem_id=m.pci_subsystem_id,
-        bus_id=f"00000000:{index:02X}:00.0",
-        memory_mib=m.memory_mib,
-        architecture=m.architecture,
-        mig_capable=m.mig_capable,
-        mig_mode=mode,
-        pending_mig_mode=mode,
-        profiles=m.profiles,
-        gpu_instances=tuple(gis),
-    )
+    return gpu_state(model, index, enabled=on, instances=instances_of(model, layout, index))
 
 
 def all_of(profile: str, count: int) -> list[tuple[str, list[str]]]:

@@ -286,7 +286,7 @@ def _debug(args: argparse.Namespace) -> bool:
 
 def open_node_from_args(args: argparse.Namespace) -> Node:
     """The node the global options select: simulated, a state file, or the real driver."""
-    from migkit.nvml.node import open_node
+    from migkit import open_node
 
     spec = getattr(args, "simulate", None) or _env("MIGKIT_SIMULATE")
     state = getattr(args, "sim_state", None) or _env("MIGKIT_SIM_STATE")
