@@ -463,7 +463,7 @@ def test_dump_yaml_uses_flow_style_for_devices_and_filters() -> None:
     config = load_config(EXAMPLE.replace('"0x20B710DE"', '["0x20B710DE", "0x233010DE"]'))
     text = dump_yaml(config)
     assert "devices: [2, 3]" in text
-    assert 'device-filter: ["0x20B710DE", "0x233010DE"]' in text
+    assert "device-filter: ['0x20B710DE', '0x233010DE']" in text
 
 
 def test_equality_ignores_positions() -> None:
