@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 
-from migkit.config import MigConfigFile, parse_config
-from migkit.config import yaml_compose
+from migkit.config import MigConfigFile, parse_config, yaml_compose
 from migkit.errors import ConfigError
 from strategies import near_valid_config_texts, yamlish_texts
 
