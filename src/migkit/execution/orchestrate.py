@@ -57,7 +57,7 @@ def _emit(progress: TextIO | None, text: str) -> None:
 
 def _change_mode(node: NodeLike, t: GpuTarget) -> GpuOutcome:
     """Clear (when disabling) and set the MIG mode of one GPU; PENDING when a reset is due."""
-    from migkit.nvml._binding import MigModeRequest
+    from migkit.nvml.node import MigModeRequest
 
     gpu = t.gpu
     if t.desired_mode == MIG_DISABLED and gpu.mig_enabled and gpu.gpu_instances:

@@ -14,6 +14,10 @@ from migkit.execution.actions import GpuActions
 from migkit.execution.report import gi_text
 from migkit.models import GpuInstance, GpuState, Placement
 from migkit.nvml.node import (
+    ComputeInstanceRef,
+    ComputeInstanceRequest,
+    GpuInstanceRef,
+    GpuInstanceRequest,
     NodeLike,
 )
 
@@ -60,13 +64,6 @@ def execute_gpu(node: NodeLike, gpu: GpuState, actions: GpuActions) -> Journal:
 
 
 def _execute(node: NodeLike, gpu: GpuState, actions: GpuActions, journal: Journal) -> Journal:
-    from migkit.nvml._binding import (
-        ComputeInstanceRef,
-        ComputeInstanceRequest,
-        GpuInstanceRef,
-        GpuInstanceRequest,
-    )
-
     gis = {gi.id: gi for gi in gpu.gpu_instances}
     cis = {(gi.id, ci.id): ci for gi in gpu.gpu_instances for ci in gi.compute_instances}
     g = gpu.index
@@ -142,13 +139,6 @@ def rollback_gpu(node: NodeLike, gpu: GpuState, journal: Journal) -> list[str]:
     """Undo a journal: the GPU's previous instances come back at their previous placements.
 
     Returns the problems met (empty when the previous geometry is back)."""
-    from migkit.nvml._binding import (
-        ComputeInstanceRef,
-        ComputeInstanceRequest,
-        GpuInstanceRef,
-        GpuInstanceRequest,
-    )
-
     problems: list[str] = []
     g = gpu.index
 
