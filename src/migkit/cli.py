@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
             "-c", "--selected-config", help="config to use (env MIG_PARTED_SELECTED_CONFIG)"
         )
 
+    sub.add_parser("agent", help="Kubernetes node agent (needs migkit[k8s]); see migkit agent --help", add_help=False)
     p = command("apply", "make the selected config true, changing only what differs", _cmd_apply)
     config_args(p)
     p.add_argument("-k", "--hooks-file", help="hooks file (env MIG_PARTED_HOOKS_FILE)")
@@ -477,6 +478,11 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["agent"]:
+        # The node agent parses its own flags; it lives in an optional extra (migkit[k8s]).
+        from migkit.agent import main as agent_main
+
+        return agent_main(args_list[1:])
     parser = build_parser()
     args = parser.parse_args(args_list)
     if not getattr(args, "command", None):
