@@ -1,0 +1,189 @@
+"""``migkit rollout`` against a real kube-apiserver and fleets of simulated 8xGPU nodes, each
+with its own agent (threads of one harness process, each watching only its own Node)."""
+
+from __future__ import annotations
+
+import signal
+
+from fleet_kit import CONFIG, FAULT, STATE, Fleet, Harness, until
+
+from migkit.agent.labels import OPERAND_DEPLOY_LABELS, RETRY_ANNOTATION
+
+TERMINAL = ("success", "failed")
+
+
+def in_flight_peak(fleet: Fleet, mark: int, config: str) -> int:
+    """The most nodes seen at once between being labelled ``config`` (by the rollout, state
+    cleared) and reporting a terminal state, over the recorded events since ``mark``."""
+    assert fleet.recorder is not None
+    busy: set[str] = set()
+    peak = 0
+    for name, labels, _, _ in fleet.recorder.since(mark):
+        if labels.get(CONFIG) == config and labels.get(STATE) not in TERMINAL:
+            busy.add(name)
+        else:
+            busy.discard(name)
+        peak = max(peak, len(busy))
+    return peak
+
+
+def test_rollout_in_waves_reaches_success_on_every_node(harness: Harness) -> None:
+    """20 nodes in waves of 5: every node ends `success` with the config applied, never more
+    than 5 nodes changing at once, and each node's outcome is recorded on it."""
+    fleet = harness.fleet("wave", [(20, "h100-80gb")])
+    recorder = fleet.record()
+    mark = recorder.mark()
+    code, report, err = harness.rollout("--selector", fleet.selector, "--config", "all-balanced",
+                                        "--max-unavailable", "5", "--timeout", "120")
+    assert code == 0, (report, err)
+    assert report["counts"]["success"] == 20
+    assert [len(w) for w in report["waves"]] == [5, 5, 5, 5]
+    assert report["waves"][0] == fleet.names[:5]
+    for name in fleet.names:
+        labels = fleet.labels(name)
+        assert labels[CONFIG] == "all-balanced" and labels[STATE] == "success", name
+        assert all(labels[k] == "true" for k in OPERAND_DEPLOY_LABELS), name
+        progress = fleet.progress(name)
+        assert progress is not None and progress["phase"] == "success" and progress["previous"] == "all-disabled"
+        assert fleet.annotations(name)[RETRY_ANNOTATION] == progress["token"]
+        runs = fleet.outcomes()[name]
+        assert runs[-1]["config"] == "all-balanced" and runs[-1]["result"] == "success"
+    assert in_flight_peak(fleet, mark, "all-balanced") == 5
+
+
+def test_faults_stop_the_rollout_after_max_failures_and_leave_later_waves_untouched(harness: Harness) -> None:
+    """NVML faults on 2 nodes (waves 2 and 3) with --max-failures 1: the rollout stops after
+    the second failure; the failed nodes end `failed` with their operands' labels restored; the
+    fourth wave is never labelled and its agents never run."""
+    fleet = harness.fleet("faults", [(20, "h100-80gb")], faults={6: FAULT, 12: FAULT})
+    faulty = [fleet.names[6], fleet.names[12]]
+    later = fleet.names[15:]
+    runs_before = {n: fleet.runs(n) for n in later}
+    recorder = fleet.record()
+    mark = recorder.mark()
+    code, report, err = harness.rollout("--selector", fleet.selector, "--config", "all-1g.10gb",
+                                        "--max-unavailable", "5", "--max-failures", "1", "--timeout", "120")
+    assert code == 1, (report, err)
+    results = {r["node"]: r for r in report["nodes"]}
+    assert sorted(n for n, r in results.items() if r["result"] == "failed") == faulty
+    assert "waves 4-4 not started" in report["stopped"]
+    assert report["counts"] == {**report["counts"], "success": 13, "failed": 2, "untouched": 5}
+    for name in faulty:
+        labels = fleet.labels(name)
+        assert labels[STATE] == "failed" and labels[CONFIG] == "all-1g.10gb"
+        assert all(labels[k] == "true" for k in OPERAND_DEPLOY_LABELS), labels
+        assert fleet.progress(name)["phase"] == "failed"  # type: ignore[index]
+        assert "apply" in results[name]["detail"]
+    for name in later:
+        labels = fleet.labels(name)
+        assert labels[CONFIG] == "all-disabled" and labels[STATE] == "success"
+        assert fleet.progress(name) is None
+        assert fleet.runs(name) == runs_before[name]
+        assert results[name]["result"] == "untouched"
+    touched_later = {n for n, *_ in recorder.since(mark) if n in later}
+    assert not touched_later, touched_later
+
+    # A rerun does not retry the failed nodes by itself: it stops at once, changing nothing.
+    mark = recorder.mark()
+    code, report, _ = harness.rollout("--selector", fleet.selector, "--config", "all-1g.10gb",
+                                      "--max-unavailable", "5", "--max-failures", "1")
+    assert code == 1 and "already failed" in report["stopped"]
+    assert not recorder.since(mark)
+
+
+def test_a_rollout_killed_mid_wave_finishes_on_rerun_without_relabelling_finished_nodes(harness: Harness) -> None:
+    """SIGKILL while the second wave is in flight, then the same command again: every node ends
+    `success`; the nodes finished before the kill, and those in flight, are never labelled again
+    (same token, no new agent run)."""
+    fleet = harness.fleet("resume", [(20, "h100-80gb")])
+    recorder = fleet.record()
+    mark = recorder.mark()
+    args = ("--selector", fleet.selector, "--config", "all-3g.40gb", "--max-unavailable", "5", "--timeout", "120")
+    proc = harness.start_rollout(*args)
+    second_wave = set(fleet.names[5:10])
+
+    def second_wave_labelled() -> bool:
+        return any(n in second_wave and labels.get(CONFIG) == "all-3g.40gb" for n, labels, *_ in recorder.since(mark))
+
+    until("the second wave labelled", second_wave_labelled, 90)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    tokens = {n: (fleet.progress(n) or {}).get("token") for n in fleet.names}
+    phases = {n: (fleet.progress(n) or {}).get("phase") for n in fleet.names}
+    finished = [n for n in fleet.names if phases[n] == "success"]
+    labelled = [n for n in fleet.names if tokens[n] is not None]
+    assert finished == fleet.names[:5], phases
+    assert set(labelled) - set(finished), "killed after the wave ended: not mid-wave"
+    for name in labelled:
+        until(f"{name}'s agent done", lambda n=name: fleet.labels(n).get(STATE) in TERMINAL, 60)
+    runs = {n: fleet.runs(n) for n in labelled}
+    rerun_mark = recorder.mark()
+
+    code, report, err = harness.rollout(*args)
+    assert code == 0, (report, err)
+    assert report["counts"]["success"] == 20
+    for name in labelled:
+        assert (fleet.progress(name) or {}).get("token") == tokens[name], name
+        assert fleet.runs(name) == runs[name], name
+    relabelled = {n for n, labels, annotations, _ in recorder.since(rerun_mark)
+                  if n in labelled and STATE not in labels}
+    assert not relabelled, relabelled
+    for name in fleet.names:
+        assert fleet.labels(name)[STATE] == "success"
+
+    # Once more: nothing left to do, nothing touched, exit 0.
+    mark = recorder.mark()
+    code, report, _ = harness.rollout(*args)
+    assert code == 0 and report["counts"]["success"] == 20 and report["waves"] == []
+    assert not recorder.since(mark)
+
+
+def test_a_config_that_does_not_fit_is_refused_for_those_nodes_before_any_label_changes(harness: Harness) -> None:
+    """A100-40GB nodes offer no 3g.40gb: they are named and skipped before the first label
+    change, never touched; the H100 nodes get the config."""
+    fleet = harness.fleet("mixed", [(3, "h100-80gb"), (2, "a100-40gb")])
+    a100 = [n for n in fleet.names if fleet.spec_models[n] == "a100-40gb"]
+    recorder = fleet.record()
+    mark = recorder.mark()
+
+    code, text, _ = harness.rollout("--selector", fleet.selector, "--config", "all-3g.40gb", "--dry-run",
+                                    json_out=False)
+    assert code == 0, text
+    assert not recorder.since(mark), "a dry run changed something"
+    assert "wave 1/3:" in text and "wave 3/3:" in text
+
+    code, text, _ = harness.rollout("--selector", fleet.selector, "--config", "all-3g.40gb", json_out=False)
+    assert code == 1, text
+    lines = text.splitlines()
+    skips = [i for i, line in enumerate(lines) if line.startswith("skip ")]
+    labelled = [i for i, line in enumerate(lines) if "labelled" in line]
+    assert len(skips) == 2 and labelled and max(skips) < min(labelled), text
+    for name in a100:
+        assert any(name in lines[i] and "does not fit" in lines[i] and "3g.40gb" in lines[i] for i in skips), text
+        assert fleet.labels(name)[CONFIG] == "all-disabled"
+        assert fleet.progress(name) is None
+    assert {n for n, *_ in recorder.since(mark)}.isdisjoint(a100)
+    for name in set(fleet.names) - set(a100):
+        assert fleet.labels(name)[STATE] == "success" and fleet.labels(name)[CONFIG] == "all-3g.40gb"
+
+
+def test_cluster_status_shows_every_mig_node_and_the_configs_that_fit(harness: Harness) -> None:
+    """`cluster status -o json`: config, state, last transition and reason, GPUs and fitting
+    configs per node, from the agents' ConfigMaps and the product labels."""
+    import json
+
+    fleet = harness.fleet("mixed", [(3, "h100-80gb"), (2, "a100-40gb")])
+    code, out = harness.status("--selector", fleet.selector, "-o", "json")
+    assert code == 0, out
+    rows = {r["node"]: r for r in json.loads(out)["nodes"]}
+    assert sorted(rows) == fleet.names
+    for name, row in rows.items():
+        labels = fleet.labels(name)
+        assert row["config"] == labels[CONFIG] and row["state"] == labels[STATE]
+        assert row["reason"] in ("MigConfigApplied", "MigConfigFailed") and row["since"]
+        model = fleet.spec_models[name]
+        assert row["gpus"].startswith(f"8x {model}")
+        assert ("all-3g.40gb" in row["fits"]) == (model == "h100-80gb")
+        assert "all-1g.10gb" in row["fits"] and "all-disabled" in row["fits"]
+    code, text = harness.status("--selector", fleet.selector)
+    assert code == 0 and text.splitlines()[0].split()[:4] == ["NODE", "CONFIG", "STATE", "SINCE"]
