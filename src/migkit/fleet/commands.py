@@ -60,6 +60,17 @@ def main(command: str, argv: Sequence[str]) -> int:
         args = parser.parse_args(list(argv))
     except SystemExit as exit_:
         return 0 if exit_.code == 0 else 2
+    if command == "rollout":
+        from migkit.fleet.progress import wave_size
+
+        try:
+            wave_size(args.max_unavailable, 100)
+        except ValueError as err:
+            print(f"migkit rollout: error: {err}", file=sys.stderr)
+            return 2
+        if args.max_failures < 0 or args.timeout <= 0:
+            print("migkit rollout: error: --max-failures must be 0 or more and --timeout above 0", file=sys.stderr)
+            return 2
     try:
         cluster = Cluster.connect(args.kubeconfig)
     except Exception as err:  # the client raises several unrelated types for a bad kubeconfig
@@ -68,9 +79,6 @@ def main(command: str, argv: Sequence[str]) -> int:
     if command == "rollout":
         from migkit.fleet import rollout
 
-        if args.max_failures < 0 or args.timeout <= 0:
-            print("migkit rollout: error: --max-failures must be 0 or more and --timeout above 0", file=sys.stderr)
-            return 2
         options = rollout.RolloutOptions(
             selector=args.selector, config=args.config, max_unavailable=args.max_unavailable, cordon=args.cordon,
             timeout=args.timeout, max_failures=args.max_failures, dry_run=args.dry_run,
