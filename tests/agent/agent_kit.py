@@ -28,6 +28,8 @@ NAMESPACE = "gpu-operator"
 CONFIG = "nvidia.com/mig.config"
 STATE = "nvidia.com/mig.config.state"
 PAUSED = "paused-for-mig-change"
+RETRY = "migkit.io/mig.config.retry"
+HANDLED = "migkit.io/mig.config.retry-handled"
 # deploy label -> the operand pod's `app` label (nvsm has no pod here)
 OPERANDS = {
     "nvidia.com/gpu.deploy.device-plugin": "nvidia-device-plugin-daemonset",

@@ -9,18 +9,26 @@ from typing import Any
 from agent_kit import (
     BALANCED_H100,
     CONFIG,
+    HANDLED,
     NAMESPACE,
+    RETRY,
+    STATE,
     Agent,
+    cli_apply,
     deploy_values,
     events,
     layout,
+    mutations,
     node_labels,
     set_label,
     states_after,
     wait_for,
+    wait_state,
     wait_terminal,
     was_paused,
 )
+
+from migkit import simulator
 
 ALL_TRUE = {k: "true" for k in (
     "nvidia.com/gpu.deploy.device-plugin", "nvidia.com/gpu.deploy.gpu-feature-discovery",
@@ -68,3 +76,273 @@ def test_walkthroughs_by_label(cluster: dict[str, Any], core: Any, make_node: An
     assert "all-balanced" in cm.data["config.yaml"]
     assert agent.metric('migkit_agent_reconfigurations_total{result="success"}') == 4
     assert agent.stop() == 0
+
+
+def test_same_value_and_already_matching_do_not_disrupt(
+    cluster: dict[str, Any], core: Any, make_node: Any, agents: list[Agent]
+) -> None:
+    """A node that already matches ends `success` with no label paused and no NVML mutation, at
+    start and on a re-label of the current value; a restart re-runs the label, again without change."""
+    node = make_node(labels={CONFIG: "all-balanced"})
+    cli_apply(node.state, node.config, "all-balanced")
+    before = mutations(node.state)
+    rec = node.operator()
+    mark = rec.mark()
+    agent = Agent(node.workdir, node.name, cluster["kubeconfig"], node.state, config_file=node.config)
+    agents.append(agent.start())
+    wait_terminal(rec, mark, want="success")
+    set_label(core, node.name, "all-balanced")  # the same value: no change event, nothing to do
+    set_label(core, node.name, None, key=STATE)  # and the state removed: the next look rewrites it
+    agent.stop()
+    agent2 = Agent(node.workdir, node.name, cluster["kubeconfig"], node.state, config_file=node.config)
+    agents.append(agent2.start())
+    wait_state(core, node.name, "success")
+    assert not was_paused(rec.labels_seen(), mark)
+    assert mutations(node.state) == before
+    assert deploy_values(node_labels(core, node.name)) == ALL_TRUE
+    assert [r for _, r, _ in events(core, node.name)] == ["MigConfigApplied", "MigConfigApplied"]
+    assert "already applied" in events(core, node.name)[0][2]
+    assert agent2.stop() == 0
+
+
+INVALID_CONFIGS = """\
+version: v1
+mig-configs:
+  all-balanced:
+    - devices: all
+      mig-enabled: true
+      mig-devices: {"1g.10gb": 2, "2g.20gb": 1, "3g.40gb": 1}
+  absent-profile:
+    - devices: all
+      mig-enabled: true
+      mig-devices: {"1g.11gb": 2}
+  too-many:
+    - devices: all
+      mig-enabled: true
+      mig-devices: {"1g.10gb": 8}
+"""
+
+
+def test_invalid_or_infeasible_config_fails_without_disruption(
+    cluster: dict[str, Any], core: Any, make_node: Any, agents: list[Agent]
+) -> None:
+    """An unknown config name, a profile the GPU lacks and counts that cannot fit each end
+    `failed` with the reason in an Event, nothing paused and no NVML mutation."""
+    node = make_node()
+    node.config.write_text(INVALID_CONFIGS)
+    rec = node.operator()
+    agent = Agent(node.workdir, node.name, cluster["kubeconfig"], node.state, config_file=node.config)
+    agents.append(agent.start())
+    mark = rec.mark()
+    for name, why in (("no-such-config", "no-such-config"), ("absent-profile", "1g.11gb"), ("too-many", "1g.10gb")):
+        set_label(core, node.name, name)
+        wait_for(f"{name} failed", lambda n=name: any(
+            r == "MigConfigFailed" and repr(n) in m for _, r, m in events(core, node.name)))
+        assert node_labels(core, node.name)[STATE] == "failed"
+        message = next(m for _, r, m in events(core, node.name) if r == "MigConfigFailed" and repr(name) in m)
+        assert why in message and "valid-config" in message
+    assert not was_paused(rec.labels_seen(), mark)
+    assert "pending" not in states_after(rec.labels_seen(), mark)
+    assert mutations(node.state) == 0
+    assert all(t == "Warning" for t, r, _ in events(core, node.name) if r == "MigConfigFailed")
+    assert agent.metric('migkit_agent_reconfigurations_total{result="failed"}') == 3
+
+
+def test_nvml_fault_mid_apply_rolls_back_and_restores(
+    cluster: dict[str, Any], core: Any, make_node: Any, agents: list[Agent]
+) -> None:
+    """An NVML error in the middle of the apply: `failed`, the GPU that failed back at its old
+    layout (no GPU half-done), deploy labels restored, stopped host services running again."""
+    node = make_node()
+    cli_apply(node.state, node.config, "all-balanced")
+    rec = node.operator()
+    (node.workdir / "clients.yaml").write_text("version: v1\nsystemd-services: [nvidia-dcgm.service]\n")
+    agent = Agent(node.workdir, node.name, cluster["kubeconfig"], node.state, config_file=node.config, env={
+        "MIGKIT_SIM_FAULTS": "nvmlDeviceCreateGpuInstanceWithPlacement@12=INSUFFICIENT_RESOURCES",
+        "WITH_SHUTDOWN_HOST_GPU_CLIENTS": "true", "GPU_CLIENTS_FILE": str(node.workdir / "clients.yaml")})
+    agent.set_active_services(["nvidia-dcgm.service"])
+    agents.append(agent.start())
+    mark = rec.mark()
+    set_label(core, node.name, "all-1g.10gb")
+    wait_terminal(rec, mark, want="failed")
+    gpus = layout(node.state)
+    assert all(g in ((1, BALANCED_H100), (1, ("1g.10gb",) * 7)) for g in gpus), gpus
+    assert (1, BALANCED_H100) in gpus  # the failed GPU went back
+    assert was_paused(rec.labels_seen(), mark)
+    assert deploy_values(node_labels(core, node.name)) == ALL_TRUE
+    assert agent.active_services() == ["nvidia-dcgm.service"]
+    message = events(core, node.name)[-1][2]
+    assert "apply" in message and "INSUFFICIENT_RESOURCES" in message
+    assert agent.metric('migkit_agent_last_error{config="all-1g.10gb",step="apply"}') == 1
+
+
+def test_operand_that_never_leaves_fails_after_timeout_and_sigterm_while_waiting(
+    cluster: dict[str, Any], core: Any, make_node: Any, agents: list[Agent]
+) -> None:
+    """An operand pod that never goes away: `failed` after the wait timeout with its name in the
+    Event, labels restored, no NVML mutation. A SIGTERM during the wait ends `failed` at once."""
+    node = make_node()
+    rec = node.operator(stuck={"nvidia-dcgm"})
+    agent = Agent(node.workdir, node.name, cluster["kubeconfig"], node.state, config_file=node.config,
+                  env={"MIGKIT_AGENT_OPERAND_WAIT_TIMEOUT": "3"})
+    agents.append(agent.start())
+    mark = rec.mark()
+    set_label(core, node.name, "all-balanced")
+    wait_terminal(rec, mark, want="failed")
+    message = events(core, node.name)[-1][2]
+    assert "timed out after 3s" in message and f"nvidia-dcgm-{node.name}" in message
+    assert deploy_values(node_labels(core, node.name)) == ALL_TRUE
+    assert mutations(node.state) == 0
+    assert agent.stop() == 0
+
+    agent2 = Agent(node.workdir, node.name, cluster["kubeconfig"], node.state, config_file=node.config,
+                   env={"MIGKIT_AGENT_OPERAND_WAIT_TIMEOUT": "120"})
+    mark = rec.mark()
+    agents.append(agent2.start())  # runs the current label at start, and waits again
+    wait_for("operands paused", lambda: was_paused(rec.labels_seen(), mark))
+    assert agent2.stop() == 0
+    assert node_labels(core, node.name)[STATE] == "failed"
+    assert "SIGTERM" in events(core, node.name)[-1][2]
+    assert deploy_values(node_labels(core, node.name)) == ALL_TRUE
+    assert mutations(node.state) == 0
+
+
+def test_retry_annotation_reruns_after_failed(
+    cluster: dict[str, Any], core: Any, make_node: Any, agents: list[Agent]
+) -> None:
+    """After `failed`, a new value of the retry annotation re-runs the current label, no label
+    flapping needed; the same value again does nothing."""
+    node = make_node()
+    rec = node.operator(stuck={"nvidia-dcgm"})
+    agent = Agent(node.workdir, node.name, cluster["kubeconfig"], node.state, config_file=node.config,
+                  env={"MIGKIT_AGENT_OPERAND_WAIT_TIMEOUT": "2"})
+    agents.append(agent.start())
+    mark = rec.mark()
+    set_label(core, node.name, "all-balanced")
+    wait_terminal(rec, mark, want="failed")
+    rec.stuck.clear()
+    mark = rec.mark()
+    core.patch_node(node.name, {"metadata": {"annotations": {RETRY: "1"}}})
+    wait_terminal(rec, mark, want="success")
+    assert layout(node.state) == [(1, BALANCED_H100)] * 8
+    annotations = core.read_node(node.name).metadata.annotations
+    assert annotations[HANDLED] == "1"
+    runs = agent.metric('migkit_agent_reconfigurations_total{result="success"}')
+    core.patch_node(node.name, {"metadata": {"annotations": {"unrelated": "x"}}})
+    set_label(core, node.name, "unrelated", key="example.com/other")
+    wait_for("the agent to see the node change", lambda: rec.mark() > mark + 3 or True)
+    assert agent.metric('migkit_agent_reconfigurations_total{result="success"}') == runs
+    assert agent.stop() == 0
+
+
+def test_config_file_change_reruns_when_watched(
+    cluster: dict[str, Any], core: Any, make_node: Any, agents: list[Agent]
+) -> None:
+    """With --watch-config-file, a new content for the selected config re-runs it."""
+    node = make_node()
+    rec = node.operator()
+    agent = Agent(node.workdir, node.name, cluster["kubeconfig"], node.state, config_file=node.config,
+                  env={"MIGKIT_AGENT_WATCH_CONFIG_FILE": "true", "MIGKIT_AGENT_CONFIG_POLL_INTERVAL": "0.3"})
+    agents.append(agent.start())
+    mark = rec.mark()
+    set_label(core, node.name, "custom")
+    wait_terminal(rec, mark, want="failed")  # not in the file yet
+    node.config.write_text(node.config.read_text() + "  custom:\n  - devices: all\n    mig-enabled: true\n"
+                           "    mig-devices: {3g.40gb: 1}\n")
+    mark = rec.mark()
+    wait_terminal(rec, mark, want="success")
+    assert layout(node.state) == [(1, ("3g.40gb",))] * 8
+    assert agent.stop() == 0
+
+
+def test_api_server_restart_mid_reconfigure(
+    cluster: dict[str, Any], control_plane: Any, core: Any, make_node: Any, agents: list[Agent]
+) -> None:
+    """The API server goes away while the GPUs are being changed and comes back: the agent
+    reconnects (watch and writes), restores the labels and reaches `success`."""
+    node = make_node()
+    rec = node.operator()
+    agent = Agent(node.workdir, node.name, cluster["kubeconfig"], node.state, config_file=node.config,
+                  env={"MIGKIT_SIM_LATENCY_MS": "250"})
+    agents.append(agent.start())
+    mark = rec.mark()
+    set_label(core, node.name, "all-1g.10gb")
+    wait_for("pending", lambda: "pending" in states_after(rec.labels_seen(), mark))
+    wait_for("the apply to start", lambda: mutations(node.state) > 0, timeout=60, interval=0.05)
+    control_plane.stop_apiserver()
+    try:
+        wait_for("the agent to notice", lambda: any("retrying" in r.get("message", "") or "reconnecting" in
+                                                    r.get("message", "") for r in agent.log_records()), timeout=60)
+    finally:
+        control_plane.start_apiserver()
+    wait_terminal(rec, mark, timeout=180, want="success")
+    assert layout(node.state) == [(1, ("1g.10gb",) * 7)] * 8
+    assert deploy_values(node_labels(core, node.name)) == ALL_TRUE
+    # and the watch is live again: a new label value still runs
+    mark = rec.mark()
+    set_label(core, node.name, "all-disabled")
+    wait_terminal(rec, mark, timeout=120, want="success")
+    assert agent.stop() == 0
+
+
+def test_sigterm_mid_apply_then_restart_converges(
+    cluster: dict[str, Any], core: Any, make_node: Any, agents: list[Agent]
+) -> None:
+    """SIGTERM while the GPUs change: the agent finishes or rolls back the step, restores the
+    labels, writes a terminal state and exits 0; started again it converges the node."""
+    node = make_node()
+    rec = node.operator()
+    agent = Agent(node.workdir, node.name, cluster["kubeconfig"], node.state, config_file=node.config,
+                  env={"MIGKIT_SIM_LATENCY_MS": "150"})
+    agents.append(agent.start())
+    mark = rec.mark()
+    set_label(core, node.name, "all-1g.10gb")
+    wait_for("the apply to start", lambda: mutations(node.state) > 0, timeout=60, interval=0.05)
+    assert agent.stop() == 0
+    assert was_paused(rec.labels_seen(), mark)
+    labels = node_labels(core, node.name)
+    assert labels[STATE] in ("success", "failed")
+    assert deploy_values(labels) == ALL_TRUE
+    agent2 = Agent(node.workdir, node.name, cluster["kubeconfig"], node.state, config_file=node.config)
+    agents.append(agent2.start())
+    wait_for("the restarted agent to finish", lambda: agent2.metric(
+        'migkit_agent_reconfigurations_total{result="success"}') == 1)
+    assert layout(node.state) == [(1, ("1g.10gb",) * 7)] * 8
+    assert node_labels(core, node.name)[STATE] == "success"
+    assert deploy_values(node_labels(core, node.name)) == ALL_TRUE
+    assert agent2.stop() == 0
+
+
+def test_reboot_path_and_no_second_reboot(
+    cluster: dict[str, Any], core: Any, make_node: Any, agents: list[Agent]
+) -> None:
+    """A mode change that needs a reboot: `rebooting`, the reboot command run once. After the
+    restart, with the mode applied: `success`; with the mode still wrong: `failed`, no second
+    reboot, labels restored."""
+    env = {"WITH_REBOOT": "true", "MIGKIT_AGENT_SKIP_RESET": "true"}
+    for rebooted in (True, False):
+        node = make_node(spec="2xa100-80gb")
+        rec = node.operator()
+        agent = Agent(node.workdir, node.name, cluster["kubeconfig"], node.state, config_file=node.config, env=env)
+        agents.append(agent.start())
+        mark = rec.mark()
+        set_label(core, node.name, "all-balanced")
+        wait_for("rebooting", lambda n=node: node_labels(core, n.name).get(STATE) == "rebooting")
+        wait_for("the reboot command", lambda a=agent: ["reboot"] in a.host_calls())
+        assert was_paused(rec.labels_seen(), mark)  # operands stay away across the reboot
+        assert agent.stop() == 0
+        assert node_labels(core, node.name)[STATE] == "rebooting"  # SIGTERM of a rebooting node writes nothing
+        if rebooted:
+            simulator.reset_gpus(node.state)  # what the reboot does: the pending mode takes effect
+        agent2 = Agent(node.workdir, node.name, cluster["kubeconfig"], node.state, config_file=node.config, env=env)
+        agents.append(agent2.start())
+        want = "success" if rebooted else "failed"
+        labels = wait_state(core, node.name, want)
+        assert deploy_values(labels) == ALL_TRUE
+        assert [c for c in agent2.host_calls() if c == ["reboot"]] == [["reboot"]]
+        if rebooted:
+            assert all(mode == 1 and gis for mode, gis in layout(node.state))
+        else:
+            assert "not rebooting again" in events(core, node.name)[-1][2]
+            assert all(mode == 0 for mode, _ in layout(node.state))
+        assert agent2.stop() == 0

@@ -106,7 +106,7 @@ class NodeOps:
                 result = executor.assert_config(node, config, name, mode_only=mode_only)
         except MigkitError as err:
             return Check(False, str(err))
-        return Check(result.ok, "; ".join(result.lines))
+        return Check(result.ok, summarize(result.lines))
 
     def mode_change_gpus(self, config: Any, name: str) -> tuple[int, ...]:
         """Indices of the covered GPUs whose MIG mode must change (now or pending a reset)."""
@@ -150,6 +150,17 @@ class NodeOps:
 
         with self._node() as node:
             return render(export_config(node.snapshot()))
+
+
+def summarize(lines: tuple[str, ...], most: int = 3) -> str:
+    """The GPUs that do not match (at most ``most`` named), for a state message."""
+    wrong = [line for line in lines if "does not match" in line]
+    if not wrong:
+        return "; ".join(lines[:most])
+    text = "; ".join(wrong[:most])
+    if len(wrong) > most:
+        text += f"; and {len(wrong) - most} more GPU(s)"
+    return text
 
 
 def file_digest(path: str) -> str:

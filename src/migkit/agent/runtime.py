@@ -138,9 +138,12 @@ def run_agent(settings: Settings) -> int:
     stop = threading.Event()
     setup_logging(settings.log_format, settings.log_level, settings.node_name)
 
+    wake = threading.Event()  # set by the watch on a change, and by a signal
+
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("received %s: finishing the current step, then stopping", signal.Signals(signum).name)
         stop.set()
+        wake.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -154,7 +157,7 @@ def run_agent(settings: Settings) -> int:
     kube = Kube(load_api_client(settings.kubeconfig), settings.node_name, settings.api_retry_timeout)
     ops = NodeOps.from_env()
     host = Host(PrefixRunner(settings.host_prefix), settings.host_root_mount, settings.reboot_command)
-    watch = NodeWatch(kube, stop, health)
+    watch = NodeWatch(kube, stop, health, wake)
     threading.Thread(target=watch.run, name="watch", daemon=True).start()
     reconciler = Reconciler(kube, ops, host, settings, stop, metrics)
     source = ConfigSource(settings, ops, kube)
