@@ -146,10 +146,12 @@ class Bench:
             fleet_file = self.workdir / f"{tag}-{p}.json"
             fleet_file.write_text(json.dumps([s.as_json() for s in chunk]))
             procs.append(self.harness(fleet_file, self.workdir / tag, self.workdir / f"{tag}-{p}.log"))
-        for proc in procs:
+        for p, proc in enumerate(procs):
             assert proc.stdout is not None
             line = proc.stdout.readline()
-            assert line.startswith("ready"), line
+            if not line.startswith("ready"):
+                log = (self.workdir / f"{tag}-{p}.log").read_text()[-3000:]
+                raise RuntimeError(f"harness {p} of N={n} did not start ({line!r}):\n{log}")
         ready_s = time.monotonic() - started
         deadline = time.monotonic() + 600
         while self.settled(selector, n) < n and time.monotonic() < deadline:

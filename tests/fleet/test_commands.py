@@ -44,3 +44,26 @@ def test_an_unreadable_kubeconfig_exits_2(tmp_path: Any, capsys: pytest.CaptureF
     missing = tmp_path / "nope.kubeconfig"
     assert cli.main(["rollout", "--selector", "a=b", "--config", "c", "--kubeconfig", str(missing)]) == 2
     assert "cannot load the cluster configuration" in capsys.readouterr().err
+
+
+def test_a_live_line_is_rewritten_in_place_on_a_terminal_and_plain_lines_otherwise() -> None:
+    """On a terminal each wave has one line, rewritten; elsewhere every event is its own line."""
+    import io
+
+    from migkit.fleet.rollout import Progressor
+
+    tty = io.StringIO()
+    live = Progressor(tty, live=True, quiet=False)
+    live.event("labelled a")
+    live.status("wave 1/1: 0 success, 0 failed, 1 waiting [0s]")
+    live.status("wave 1/1: 0 success, 0 failed, 1 waiting [1s]")
+    live.end_wave("wave 1/1: 1 success, 0 failed, 0 waiting [2s]")
+    assert tty.getvalue().count("\n") == 1 and tty.getvalue().count("\r\033[K") == 3
+    assert "labelled a" not in tty.getvalue()
+
+    pipe = io.StringIO()
+    plain = Progressor(pipe, live=False, quiet=False)
+    plain.event("labelled a")
+    plain.status("wave 1/1: 0 success, 0 failed, 1 waiting [0s]")
+    plain.end_wave("wave 1/1: 1 success, 0 failed, 0 waiting [2s]")
+    assert pipe.getvalue() == "labelled a\nwave 1/1: 1 success, 0 failed, 0 waiting [2s]\n"

@@ -3,6 +3,7 @@ with its own agent (threads of one harness process, each watching only its own N
 
 from __future__ import annotations
 
+import json
 import signal
 
 from fleet_kit import CONFIG, FAULT, STATE, Fleet, Harness, until
@@ -187,3 +188,43 @@ def test_cluster_status_shows_every_mig_node_and_the_configs_that_fit(harness: H
         assert "all-1g.10gb" in row["fits"] and "all-disabled" in row["fits"]
     code, text = harness.status("--selector", fleet.selector)
     assert code == 0 and text.splitlines()[0].split()[:4] == ["NODE", "CONFIG", "STATE", "SINCE"]
+
+
+def test_cordon_holds_each_node_while_it_changes_and_leaves_an_admins_cordon_alone(harness: Harness) -> None:
+    """--cordon: every changed node is unschedulable from its label change until its success,
+    then schedulable again; a node the admin had cordoned stays cordoned."""
+    fleet = harness.fleet("cordon", [(3, "h100-80gb")])
+    admin_cordoned = fleet.names[0]
+    harness.core.patch_node(admin_cordoned, {"spec": {"unschedulable": True}})
+    recorder = fleet.record()
+    mark = recorder.mark()
+    code, report, err = harness.rollout("--selector", fleet.selector, "--config", "all-2g.20gb", "--cordon",
+                                        "--max-unavailable", "2")
+    assert code == 0, (report, err)
+    for name in fleet.names:
+        events = [(labels.get(CONFIG), labels.get(STATE), cordoned) for n, labels, _, cordoned in recorder.since(mark)
+                  if n == name]
+        changing = [cordoned for config, state, cordoned in events if config == "all-2g.20gb" and state != "success"]
+        assert changing and all(changing), (name, events)
+        assert fleet.node(name).spec.unschedulable == (True if name == admin_cordoned else None), name
+        assert (fleet.progress(name) or {})["cordoned"] is (name != admin_cordoned)
+
+
+def test_ctrl_c_stops_the_rollout_and_the_same_command_continues(harness: Harness) -> None:
+    """SIGINT mid-wave: exit 130 saying how to continue, nodes of later waves untouched; the
+    same command again finishes the rollout."""
+    fleet = harness.fleet("cordon", [(3, "h100-80gb")])
+    recorder = fleet.record()
+    mark = recorder.mark()
+    args = ("--selector", fleet.selector, "--config", "all-1g.20gb", "--max-unavailable", "1")
+    proc = harness.start_rollout(*args)
+    until("the first node labelled", lambda: any(labels.get(CONFIG) == "all-1g.20gb"
+                                                 for _, labels, *_ in recorder.since(mark)), 60)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    report = json.loads(out)
+    assert "run the same command again" in report["stopped"]
+    assert fleet.progress(fleet.names[2]) is None or fleet.labels(fleet.names[2])[CONFIG] != "all-1g.20gb"
+    code, report, err = harness.rollout(*args)
+    assert code == 0 and report["counts"]["success"] == 3, (report, err)

@@ -47,6 +47,7 @@ log = logging.getLogger("migkit.fleet.harness")
 # One NVML library per process: GPU work of all agents here takes turns.
 _GPU_LOCK = threading.Lock()
 _SIM_ENV = ("MIGKIT_SIM_FAULTS", "MIGKIT_SIM_LATENCY_MS")
+STATE_ENV = "MIGKIT_SIM_STATE"
 
 
 def _pairs(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
@@ -70,23 +71,30 @@ class SimNode:
         return cls(str(doc["name"]), str(doc["state_file"]), doc.get("env") or {})
 
 
+def prepare_environment(state_file: str) -> None:
+    """Give the simulator's variables a value before any agent thread starts.
+
+    Threads of the API client read ``os.environ`` (proxy settings) while GPU operations set
+    these variables: a key that appears or disappears under an iteration raises ``KeyError``
+    there. So the keys exist from the start and are only ever assigned, never removed.
+    """
+    os.environ.setdefault(STATE_ENV, state_file)
+    for name in _SIM_ENV:
+        os.environ.setdefault(name, "")
+
+
 @contextlib.contextmanager
 def _node_environment(pairs: tuple[tuple[str, str], ...]) -> Iterator[None]:
+    """This node's simulator variables while one of its GPU operations runs (under the lock);
+    empty afterwards (the simulator reads an empty value as unset)."""
     env = dict(pairs)
-    saved = {name: os.environ.get(name) for name in _SIM_ENV}
     for name in _SIM_ENV:
-        if name in env:
-            os.environ[name] = env[name]
-        else:
-            os.environ.pop(name, None)
+        os.environ[name] = env.get(name, "")
     try:
         yield
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        for name in _SIM_ENV:
+            os.environ[name] = ""
 
 
 @attrs.frozen
@@ -228,6 +236,8 @@ class AgentPool:
     agents: list[ThreadAgent] = attrs.Factory(list)
 
     def start(self, fleet: Sequence[SimNode]) -> AgentPool:
+        if fleet:
+            prepare_environment(fleet[0].state_file)
         for sim in fleet:
             root = self.workdir / sim.name
             root.mkdir(parents=True, exist_ok=True)

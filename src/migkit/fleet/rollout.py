@@ -442,6 +442,9 @@ def run(options: RolloutOptions, cluster: Cluster, out: TextIO = sys.stdout) -> 
     except KubeError as err:
         print(f"migkit rollout: error: {err}", file=sys.stderr)
         return EXIT_NOTHING if report.changed == 0 else EXIT_FAILED
+    except KeyboardInterrupt:  # before the first wave: nothing was changed
+        print("migkit rollout: interrupted before any change", file=sys.stderr)
+        return EXIT_INTERRUPTED
     report.api_requests = cluster.requests
     code = report.exit_code(interrupted)
     if json_out:
