@@ -195,6 +195,7 @@ class Bench:
             "watch_requests_per_node": round(delta.get("WATCH", 0.0) / n, 2),
             "rollout_requests_per_node": round(report.get("api_requests", 0) / n, 2),
             "agent_rss_per_node_kib": round((rss_after - baseline * self.processes) / n),
+            "agent_idle_rss_per_node_kib": round((rss_before - baseline * self.processes) / n),
             "harness_rss_total_mib": round(rss_after / 1024, 1),
             "harness_rss_before_mib": round(rss_before / 1024, 1),
             "agent_cpu_s_per_node": round((cpu_after - cpu_before) / n, 3),
@@ -207,11 +208,12 @@ class Bench:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("N", "waves", "rollout s", "s/node", "API req/node", "of which rollout", "agent RSS/node",
-            "agent CPU s/node", "apiserver RSS", "success")
+    head = ("N", "waves", "rollout s", "s/node", "API req/node", "of which rollout", "agent RSS/node idle",
+            "after", "agent CPU s/node", "apiserver RSS", "success")
     body = [(str(r["nodes"]), f"{r['waves']}x{r['wave_size']}", f"{r['rollout_s']:.1f}",
              f"{r['rollout_s'] / r['nodes']:.2f}", f"{r['api_requests_per_node']:.1f}",
-             f"{r['rollout_requests_per_node']:.1f}", f"{r['agent_rss_per_node_kib'] / 1024:.2f} MiB",
+             f"{r['rollout_requests_per_node']:.1f}", f"{r['agent_idle_rss_per_node_kib'] / 1024:.2f} MiB",
+             f"{r['agent_rss_per_node_kib'] / 1024:.2f} MiB",
              f"{r['agent_cpu_s_per_node']:.3f}", f"{r['apiserver_rss_mib']:.0f} MiB",
              f"{r['success']}/{r['nodes']}") for r in rows]
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]

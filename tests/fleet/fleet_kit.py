@@ -170,6 +170,8 @@ class Harness:
         self._start(fleet)
         self.fleets[name] = fleet
         fleet.wait_settled()
+        # The agents record a run just after writing its state: wait for the first run of each.
+        wait_for(f"fleet {name}'s first runs recorded", lambda: all(fleet.runs(n) >= 1 for n in fleet.names), 60)
         return fleet
 
     def _start(self, fleet: Fleet) -> None:

@@ -398,6 +398,8 @@ class Rollout:
                     detail = f"{progress.previous or 'no config'} -> {o.config}"
                 elif state == L.STATE_FAILED:
                     detail = self.cluster.failure_message(name, wall_started) or f"{L.STATE_LABEL}=failed"
+                if state != L.STATE_SUCCESS and progress.cordoned:
+                    detail += " (left cordoned)"
                 self._record(name, progress, state, detail, tracker)
                 report.set(NodeResult(name, SUCCESS if state == L.STATE_SUCCESS else state, number, seconds,
                                       detail, progress.previous))
