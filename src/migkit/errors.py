@@ -39,6 +39,11 @@ class ConfigError(MigkitError, ValueError):
         return f"{':'.join(where)}: {self.reason}" if where else self.reason
 
 
+class SimulatorStateError(ConfigError):
+    """The simulator's state file cannot be used: unparsable (``file`` and ``line`` say
+    where) or not a regular file."""
+
+
 class InfeasibleError(MigkitError):
     """The requested instances cannot be placed on the GPU; the message says why."""
 

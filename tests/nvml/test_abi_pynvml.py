@@ -150,6 +150,8 @@ def _read_with_pynvml(index: int) -> dict[str, Any]:
             info = pynvml.nvmlDeviceGetGpuInstanceProfileInfo(device, profile_index)
         except pynvml.NVMLError_NotSupported:
             continue
+        except pynvml.NVMLError_InvalidArgument:  # past the driver's last index (R580: 0x11)
+            break
         placements = _placements(
             pynvml.nvmlDeviceGetGpuInstancePossiblePlacements,
             device,

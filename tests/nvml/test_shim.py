@@ -192,7 +192,9 @@ def test_snapshot_reads_nvml_every_time_and_reuses_unchanged_models() -> None:
         calls = simulator.stats(sim.state_file)
     assert second == first and all(a is b for a, b in zip(first, second, strict=True))
     # every profile index of every GPU, read by each snapshot (v3 accepted at once)
-    assert calls.get("nvmlDeviceGetGpuInstanceProfileInfoV", 0) == 2 * 8 * 18
+    # per GPU: indices 0x0..0x10 once, and 0x11 (past the R580 driver's last index) twice:
+    # v3, then the v2 retry, since INVALID_ARGUMENT may also mean "v3 not understood"
+    assert calls.get("nvmlDeviceGetGpuInstanceProfileInfoV", 0) == 2 * 8 * 19
     assert calls.get("nvmlDeviceGetMigMode", 0) == 2 * 8
 
 
@@ -220,7 +222,9 @@ def test_a_driver_rejecting_v3_profile_structs_is_read_with_v2(
         calls = simulator.stats(sim.state_file)
     assert gpus[0].profiles == gpus[1].profiles
     assert [p.id for p in gpus[0].profiles] == [row[0] for row in H100_PROFILES]
-    assert calls["nvmlDeviceGetGpuInstanceProfileInfoV"] == 2 * 18 + 1  # one retry
+    # GPU 0: the refused v3 call, its v2 retry, 16 more indices, 0x11 (past the end) once;
+    # GPU 1: 17 indices, then 0x11 with v3 and its v2 retry
+    assert calls["nvmlDeviceGetGpuInstanceProfileInfoV"] == 19 + 19
 
 
 # --------------------------------------------------------------------------- changes

@@ -179,6 +179,7 @@ class Node:
         """
         self._check_open()
         states = self._snapshotter.snapshot()
+        _raise_state_error(self._state_file, self._library_path)
         ordered = tuple(sorted(states, key=_pci_order))
         return states if all(a is b for a, b in zip(ordered, states, strict=True)) else ordered
 
@@ -286,6 +287,18 @@ def _environment(name: str, value: str) -> Iterator[None]:
             os.environ[name] = previous
 
 
+def _raise_state_error(state_file: str | None, library: str) -> None:
+    """A simulated node whose state file the library could not use (at init, or since: reads
+    then answer from the last good state) raises SimulatorStateError naming file and line."""
+    if state_file is None:
+        return
+    from migkit import simulator
+
+    error = simulator.state_error(state_file, library)
+    if error is not None:
+        raise error
+
+
 def open_node(
     nvml_library: str | os.PathLike[str] | None = None,
     simulate: str | None = None,
@@ -317,11 +330,16 @@ def open_node(
                 state_file = os.fspath(sim_state)
                 if not os.path.exists(state_file):
                     raise simulator.SimulatorError(f"simulated node state file {state_file} does not exist")
+                simulator.check_state_file(state_file)
                 cleanup.enter_context(_environment(STATE_ENV, state_file))
             library = _nvml.load(nvml_library if nvml_library is not None else simulator.library_path())
         else:
             library = _nvml.load(nvml_library)
-        _nvml.init()
+        try:
+            _nvml.init()
+        except MigkitError:
+            _raise_state_error(state_file, library)
+            raise
         cleanup.callback(_nvml.shutdown)
         return Node(
             library,
