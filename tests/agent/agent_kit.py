@@ -28,6 +28,7 @@ NAMESPACE = "gpu-operator"
 CONFIG = "nvidia.com/mig.config"
 STATE = "nvidia.com/mig.config.state"
 PAUSED = "paused-for-mig-change"
+CLIENT = "nvidia.com/gpu.deploy.client"
 RETRY = "migkit.io/mig.config.retry"
 HANDLED = "migkit.io/mig.config.retry-handled"
 # deploy label -> the operand pod's `app` label (nvsm has no pod here)
@@ -177,6 +178,14 @@ class NodeRecorder:
                 self.stop.wait(0.3)
 
     def _operate(self, labels: dict[str, str]) -> None:
+        if CLIENT in labels:  # a third-party DaemonSet that selects nodes by the client label
+            name = f"gpu-client-{self.node}"
+            if labels[CLIENT] == "true":
+                create_pod(self.core, name, self.node, {"app": "gpu-client"}, namespace="default",
+                           ignore_exists=True, node_selector={CLIENT: "true"},
+                           owner={"api_version": "apps/v1", "kind": "DaemonSet", "name": "gpu-client", "uid": "1" * 8})
+            elif "gpu-client" not in self.stuck:
+                delete_pod(self.core, name, namespace="default")
         for label, app in OPERANDS.items():
             if app is None:
                 continue

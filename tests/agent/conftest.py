@@ -35,9 +35,13 @@ KINDS = {
     "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles", True),
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
     "DaemonSet": ("/apis/apps/v1", "daemonsets", True),
+    "ValidatingAdmissionPolicy": ("/apis/admissionregistration.k8s.io/v1", "validatingadmissionpolicies", False),
+    "ValidatingAdmissionPolicyBinding": (
+        "/apis/admissionregistration.k8s.io/v1", "validatingadmissionpolicybindings", False),
 }
 # Applied in this order so that each object's namespace exists first.
-MANIFESTS = ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml", "gpu-clients.yaml", "daemonset.yaml")
+MANIFESTS = ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml", "rbac-drain.yaml", "gpu-clients.yaml",
+             "daemonset.yaml")
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from agent_kit import ROOT
 from kubernetes import client  # type: ignore[import-untyped]
 
 from conftest import manifest_documents
@@ -25,6 +26,8 @@ ALLOWED = [
     ("create", "configmaps", "gpu-operator", ""),
     ("update", "configmaps", "gpu-operator", ""),
     ("create", "events", "default", ""),
+    ("create", "pods", "gpu-operator", "eviction"),  # rbac-drain.yaml, for --drain
+    ("create", "pods", "default", "eviction"),
 ]
 DENIED = [
     ("delete", "nodes", None, ""),
@@ -32,7 +35,6 @@ DENIED = [
     ("patch", "nodes", None, "status"),
     ("create", "pods", "gpu-operator", ""),
     ("delete", "pods", "kube-system", ""),
-    ("create", "pods", "gpu-operator", "eviction"),
     ("list", "secrets", "gpu-operator", ""),
     ("get", "configmaps", "kube-system", ""),
     ("delete", "configmaps", "gpu-operator", ""),
@@ -43,6 +45,9 @@ DENIED = [
 
 def test_every_manifest_is_applied(cluster: dict[str, Any]) -> None:
     """Each document of deploy/ passed a server-side dry run and was then created."""
+    from conftest import MANIFESTS
+
+    assert sorted(MANIFESTS) == sorted(p.name for p in (ROOT / "deploy").glob("*.yaml"))
     docs = manifest_documents()
     assert [(k, n) for k, n, _, _ in cluster["applied"]] == [(d["kind"], d["metadata"]["name"]) for d in docs]
     kinds = {k for k, _, _, _ in cluster["applied"]}

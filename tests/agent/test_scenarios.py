@@ -4,17 +4,24 @@ ServiceAccount token of deploy/, so its RBAC is exercised, not assumed."""
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import threading
 from typing import Any
 
 from agent_kit import (
     BALANCED_H100,
     CONFIG,
     HANDLED,
+    HERE,
     NAMESPACE,
+    PAUSED,
     RETRY,
     STATE,
     Agent,
     cli_apply,
+    create_pod,
+    delete_pod,
     deploy_values,
     events,
     layout,
@@ -27,9 +34,11 @@ from agent_kit import (
     wait_terminal,
     was_paused,
 )
+from kubernetes import client  # type: ignore[import-untyped]
 
 from migkit import simulator
 
+HOST = HERE / "fake_host.py"
 ALL_TRUE = {k: "true" for k in (
     "nvidia.com/gpu.deploy.device-plugin", "nvidia.com/gpu.deploy.gpu-feature-discovery",
     "nvidia.com/gpu.deploy.dcgm-exporter", "nvidia.com/gpu.deploy.dcgm", "nvidia.com/gpu.deploy.nvsm")}
@@ -346,3 +355,174 @@ def test_reboot_path_and_no_second_reboot(
             assert "not rebooting again" in events(core, node.name)[-1][2]
             assert all(mode == 0 for mode, _ in layout(node.state))
         assert agent2.stop() == 0
+
+
+def test_drain_only_when_asked_evicts_through_the_eviction_api(
+    cluster: dict[str, Any], core: Any, make_node: Any, agents: list[Agent]
+) -> None:
+    """With --drain the node is cordoned, user pods are evicted (DaemonSet pods stay) and the
+    node is uncordoned at the end; a PodDisruptionBudget that allows no disruption holds, and
+    the run ends `failed` after the drain timeout, uncordoned, with nothing changed."""
+    node = make_node()
+    rec = node.operator()
+    stop = threading.Event()
+
+    def kubelet() -> None:  # finishes the termination of evicted pods, as a kubelet would
+        while not stop.wait(0.1):
+            with contextlib.suppress(Exception):
+                for pod in core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node.name}").items:
+                    if pod.metadata.deletion_timestamp:
+                        delete_pod(core, pod.metadata.name, pod.metadata.namespace)
+
+    worker = threading.Thread(target=kubelet, daemon=True)
+    worker.start()
+    try:
+        create_pod(core, f"job-{node.name}", node.name, {"app": "training"}, namespace="default")
+        create_pod(core, f"ds-{node.name}", node.name, {"app": "agent"}, namespace="default",
+                   owner={"api_version": "apps/v1", "kind": "DaemonSet", "name": "agent", "uid": "0" * 8})
+        agent = Agent(node.workdir, node.name, cluster["kubeconfig"], node.state, config_file=node.config,
+                      env={"MIGKIT_AGENT_DRAIN": "true", "MIGKIT_AGENT_DRAIN_TIMEOUT": "3"})
+        agents.append(agent.start())
+        mark = rec.mark()
+        set_label(core, node.name, "all-balanced")
+        wait_terminal(rec, mark, want="success")
+        names = {p.metadata.name for p in core.list_namespaced_pod("default",
+                                                                   field_selector=f"spec.nodeName={node.name}").items}
+        assert names == {f"ds-{node.name}"}
+        assert not core.read_node(node.name).spec.unschedulable
+        assert any(r.get("message") == "node cordoned" for r in agent.log_records())
+
+        policy = client.PolicyV1Api(cluster["admin"])
+        policy.create_namespaced_pod_disruption_budget("default", client.V1PodDisruptionBudget(
+            metadata=client.V1ObjectMeta(name=f"guard-{node.name}"),
+            spec=client.V1PodDisruptionBudgetSpec(min_available=1, selector=client.V1LabelSelector(
+                match_labels={"app": f"guarded-{node.name}"}))))
+        create_pod(core, f"guarded-{node.name}", node.name, {"app": f"guarded-{node.name}"}, namespace="default")
+        # the kubelet's part: a Pending pod is evicted regardless of budgets, a Running one is not
+        core.patch_namespaced_pod_status(f"guarded-{node.name}", "default", {"status": {
+            "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})
+        before = mutations(node.state)
+        mark = rec.mark()
+        set_label(core, node.name, "all-3g.40gb")
+        wait_terminal(rec, mark, want="failed")
+        assert "PodDisruptionBudget" in events(core, node.name)[-1][2]
+        core.read_namespaced_pod(f"guarded-{node.name}", "default")  # still there
+        assert not core.read_node(node.name).spec.unschedulable
+        assert deploy_values(node_labels(core, node.name)) == ALL_TRUE
+        assert mutations(node.state) == before
+        assert agent.stop() == 0
+    finally:
+        stop.set()
+        worker.join(5)
+        with contextlib.suppress(Exception):
+            client.PolicyV1Api(cluster["admin"]).delete_namespaced_pod_disruption_budget(
+                f"guard-{node.name}", "default")
+
+
+def test_client_daemonsets_host_services_and_cdi(
+    cluster: dict[str, Any], core: Any, make_node: Any, agents: list[Agent]
+) -> None:
+    """`gpu.deploy.client` is paused when present and its DaemonSet pods are waited for; the CDI
+    command runs after a change. A host service that will not stop: `failed`, the services
+    stopped before it started again, every label restored."""
+    node = make_node(labels={"nvidia.com/gpu.deploy.client": "true"})
+    rec = node.operator()
+    wait_for("the client pod", lambda: core.list_namespaced_pod(
+        "default", field_selector=f"spec.nodeName={node.name}").items)
+    (node.workdir / "clients.yaml").write_text(
+        "version: v1\nsystemd-services: [nvidia-dcgm.service, nvsm.service, dcgm-exporter.service]\n")
+    agent = Agent(node.workdir, node.name, cluster["kubeconfig"], node.state, config_file=node.config, env={
+        "WITH_SHUTDOWN_HOST_GPU_CLIENTS": "true", "GPU_CLIENTS_FILE": str(node.workdir / "clients.yaml"),
+        "CDI_ENABLED": "true", "MIGKIT_AGENT_CDI_COMMAND": f"{sys.executable} {HOST} nvidia-ctk cdi generate"})
+    all_true = {**ALL_TRUE, "nvidia.com/gpu.deploy.client": "true"}
+    agent.set_active_services(["nvidia-dcgm.service", "nvsm.service", "dcgm-exporter.service"])
+    agents.append(agent.start())
+    mark = rec.mark()
+    set_label(core, node.name, "all-balanced")
+    wait_terminal(rec, mark, want="success")
+    assert any(labels.get("nvidia.com/gpu.deploy.client") == PAUSED for labels in rec.labels_seen()[mark:])
+    assert deploy_values(node_labels(core, node.name)) == all_true
+    assert ["nvidia-ctk", "cdi", "generate"] in agent.host_calls()
+
+    (agent.host_dir / "fail.txt").write_text("systemctl stop nvsm.service\n")
+    mark = rec.mark()
+    set_label(core, node.name, "all-3g.40gb")
+    wait_terminal(rec, mark, want="failed")
+    assert "nvsm.service" in events(core, node.name)[-1][2]
+    assert agent.active_services() == ["dcgm-exporter.service", "nvidia-dcgm.service", "nvsm.service"]
+    calls = [" ".join(c) for c in agent.host_calls()]
+    assert calls[-1] == "systemctl start nvidia-dcgm.service"  # the one stopped before the failure
+    assert deploy_values(node_labels(core, node.name)) == all_true
+    assert layout(node.state) == [(1, BALANCED_H100)] * 8
+    assert agent.stop() == 0
+
+
+REBOOTING_DENIED = """\
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: deny-rebooting-NODE}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - {apiGroups: [""], apiVersions: ["v1"], operations: ["UPDATE"], resources: ["nodes"]}
+  matchConditions:
+  - {name: this-node, expression: "object.metadata.name == 'NODE'"}
+  validations:
+  - expression: >-
+      !has(object.metadata.labels) ||
+      object.metadata.labels[?'nvidia.com/mig.config.state'].orValue('') != 'rebooting'
+    message: "rebooting is not allowed here"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: deny-rebooting-NODE}
+spec:
+  policyName: deny-rebooting-NODE
+  validationActions: [Deny]
+"""
+
+
+def test_a_rebooting_state_that_cannot_be_written_means_no_reboot(
+    cluster: dict[str, Any], control_plane: Any, core: Any, make_node: Any, agents: list[Agent]
+) -> None:
+    """If the API server refuses the `rebooting` label, the agent never reboots: `failed`,
+    labels restored. (A ValidatingAdmissionPolicy refuses that one write.)"""
+    import yaml
+
+    from conftest import server_side_apply
+
+    node = make_node(spec="2xa100-80gb")
+    docs = [d for d in yaml.safe_load_all(REBOOTING_DENIED.replace("NODE", node.name))]
+    for doc in docs:
+        server_side_apply(control_plane, doc, dry_run=False)
+    try:
+        rec = node.operator()
+        agent = Agent(node.workdir, node.name, cluster["kubeconfig"], node.state, config_file=node.config,
+                      env={"WITH_REBOOT": "true", "MIGKIT_AGENT_SKIP_RESET": "true"})
+        agents.append(agent.start())
+        mark = rec.mark()
+        # the policy takes effect once the API server has loaded it: wait until it refuses
+        wait_for("the policy", lambda: _refused(core, node.name), timeout=30, interval=0.3)
+        set_label(core, node.name, "all-balanced")
+        wait_terminal(rec, mark, want="failed")
+        assert "rebooting" in events(core, node.name)[-1][2]
+        assert ["reboot"] not in agent.host_calls()
+        assert deploy_values(node_labels(core, node.name)) == ALL_TRUE
+        assert agent.stop() == 0
+    finally:
+        admission = client.AdmissionregistrationV1Api(cluster["admin"])
+        with contextlib.suppress(Exception):
+            admission.delete_validating_admission_policy_binding(f"deny-rebooting-{node.name}")
+        with contextlib.suppress(Exception):
+            admission.delete_validating_admission_policy(f"deny-rebooting-{node.name}")
+
+
+def _refused(core: Any, node: str) -> bool:
+    from kubernetes.client.rest import ApiException  # type: ignore[import-untyped]
+
+    try:
+        core.patch_node(node, {"metadata": {"labels": {STATE: "rebooting"}}}, dry_run="All")
+    except ApiException as err:
+        return bool(err.status in (400, 403, 422))
+    return False

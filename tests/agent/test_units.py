@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pathlib
 import subprocess
 import sys
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import given
@@ -124,3 +126,30 @@ def test_agent_without_the_extra_says_what_to_install(monkeypatch: pytest.Monkey
     assert main(["agent", "--node-name", "n1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and migkit.agent.EXTRA_HINT in err
+
+
+def test_host_state_file_is_written_as_upstream_writes_it(tmp_path: pathlib.Path) -> None:
+    """The host drop-in gets upstream's exact text and a daemon-reload; a failed reload puts the
+    old content back; a host without the file is left alone."""
+    from migkit.agent.host import Host, HostError
+
+    calls: list[list[str]] = []
+    codes = {"daemon-reload": 0}
+
+    def runner(argv: Sequence[str], *, timeout: float = 0) -> subprocess.CompletedProcess[str]:
+        calls.append(list(argv))
+        return subprocess.CompletedProcess(list(argv), codes.get(argv[-1], 0), "", "reload failed")
+
+    drop_in = "/etc/systemd/system/nvidia-mig-manager.service.d/override.conf"
+    host = Host(runner, str(tmp_path))
+    assert host.write_selected_config(drop_in, "all-balanced") is False and calls == []
+    path = tmp_path / drop_in.lstrip("/")
+    path.parent.mkdir(parents=True)
+    path.write_text("old\n")
+    assert host.write_selected_config(drop_in, "all-balanced") is True
+    assert path.read_text() == '[Service]\nEnvironment="MIG_PARTED_SELECTED_CONFIG=all-balanced"\n'
+    assert calls == [["systemctl", "daemon-reload"]]
+    codes["daemon-reload"] = 1
+    with pytest.raises(HostError, match="daemon-reload"):
+        host.write_selected_config(drop_in, "all-1g.10gb")
+    assert "all-balanced" in path.read_text()

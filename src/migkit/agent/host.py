@@ -118,7 +118,7 @@ class Host:
         try:
             with open(path, encoding="utf-8") as handle:
                 before = handle.read()
-            text = f"[Service]\nEnvironment=MIG_PARTED_SELECTED_CONFIG={selected}\n"
+            text = f'[Service]\nEnvironment="MIG_PARTED_SELECTED_CONFIG={selected}"\n'
             with open(path, "w", encoding="utf-8") as handle:
                 handle.write(text)
         except OSError as err:

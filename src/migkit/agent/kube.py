@@ -201,6 +201,30 @@ class Kube:
 
         self.call(f"delete pod {namespace}/{name}", delete)
 
+    def set_unschedulable(self, value: bool) -> None:
+        """Cordon (True) or uncordon (False) this node."""
+        body = {"spec": {"unschedulable": value or None}}
+        self.call("cordon" if value else "uncordon", lambda: self._json(
+            self.core.patch_node, self.node_name, body, _content_type="application/merge-patch+json"))
+
+    def evict(self, namespace: str, name: str) -> bool:
+        """Ask the Eviction API to evict a pod; False while a PodDisruptionBudget forbids it (429)."""
+        body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": namespace}}
+
+        def evict() -> bool:
+            try:
+                self._json(self.core.create_namespaced_pod_eviction, name, namespace, body)
+            except ApiException as err:
+                if err.status == 404:
+                    return True
+                if err.status == 429:
+                    return False
+                raise
+            return True
+
+        # 429 is the PDB's answer here, not overload: handled by the caller's deadline
+        return self.call(f"evict pod {namespace}/{name}", evict)
+
     # ------------------------------------------------------------------ events and the ConfigMap
 
     def event(self, node_uid: str, reason: str, message: str, *, warning: bool = False) -> None:

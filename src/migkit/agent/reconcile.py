@@ -49,6 +49,8 @@ class KubeLike(Protocol):
     ) -> dict[str, Any]: ...
     def pods_on_node(self, namespace: str | None, label_selector: str | None = ...) -> list[dict[str, Any]]: ...
     def delete_pod(self, namespace: str, name: str) -> None: ...
+    def set_unschedulable(self, value: bool) -> None: ...
+    def evict(self, namespace: str, name: str) -> bool: ...
     def event(self, node_uid: str, reason: str, message: str, *, warning: bool = ...) -> None: ...
 
 
@@ -141,6 +143,7 @@ class Reconciler:
     # per-run bookkeeping
     _paused: bool = False
     _stopped_services: list[str] = attrs.Factory(list)
+    _cordoned: bool = False
     _node_uid: str = ""
 
     def _check_stop(self, before: str) -> None:
@@ -161,6 +164,7 @@ class Reconciler:
         started = time.monotonic()
         self._paused = False
         self._stopped_services = []
+        self._cordoned = False
         handled_retry = {L.HANDLED_RETRY_ANNOTATION: retry_value} if retry_value else None
         try:
             outcome = self._sequence(selected, config, config_error, handled_retry)
@@ -229,6 +233,9 @@ class Reconciler:
         self._check_stop("pause-operands")
         self._pause(node_labels)
         self._wait_for_operands()
+        if s.drain:
+            self._check_stop("drain")
+            self._drain(node)
         self._check_stop("stop-host-clients")
         self._stop_host_clients(mode_change=bool(mode_gpus))
 
@@ -311,6 +318,42 @@ class Reconciler:
         self._wait("gpu.deploy.client pods", self.settings.client_wait_timeout, client_pods)
         self._delete_pods(L.VALIDATOR_APPS_BEFORE)
 
+    def _drain(self, node: Mapping[str, Any]) -> None:
+        """Cordon (unless already cordoned by someone else) and evict every pod that is not a
+        DaemonSet's or a static pod, through the Eviction API; wait for them to leave."""
+        if not (node.get("spec") or {}).get("unschedulable"):
+            self._cordoned = True  # first: a cordon whose answer is lost is undone too
+            try:
+                self.kube.set_unschedulable(True)
+            except KubeError as err:
+                raise StepFailed("drain", str(err)) from None
+            log.info("node cordoned")
+
+        def evictable() -> list[tuple[str, str, bool]]:
+            out = []
+            for p in self.kube.pods_on_node(None):
+                meta = p["metadata"]
+                owners = meta.get("ownerReferences") or []
+                if any(o.get("kind") == "DaemonSet" for o in owners):
+                    continue
+                if "kubernetes.io/config.mirror" in (meta.get("annotations") or {}):
+                    continue
+                if (p.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                    continue
+                out.append((meta["namespace"], meta["name"], bool(meta.get("deletionTimestamp"))))
+            return out
+
+        def remaining() -> list[str]:
+            left = []
+            for namespace, name, terminating in evictable():
+                if not terminating and not self.kube.evict(namespace, name):
+                    left.append(f"{namespace}/{name} (a PodDisruptionBudget allows no disruption now)")
+                else:
+                    left.append(f"{namespace}/{name}")
+            return left
+
+        self._wait("evicted pods", self.settings.drain_timeout, remaining)
+
     def _delete_pods(self, apps: Sequence[str]) -> None:
         ns = self.settings.default_gpu_clients_namespace
         try:
@@ -383,6 +426,10 @@ class Reconciler:
         return problems
 
     def _restore(self) -> None:
+        if self._cordoned:
+            self.kube.set_unschedulable(False)
+            self._cordoned = False
+            log.info("node uncordoned")
         node = self.kube.read_node()
         node_labels = node["metadata"].get("labels") or {}
         if self._paused or paused_labels(node_labels):

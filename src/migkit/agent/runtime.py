@@ -52,7 +52,7 @@ class NodeWatch:
 
     def run(self) -> None:
         version: str | None = None
-        delays = backoff_delays(0.5, 30.0)
+        delays = backoff_delays(0.5, 10.0)
         while not self.stop.is_set():
             self.health.beat("watch")
             try:
@@ -71,7 +71,7 @@ class NodeWatch:
                     self._deliver(None if kind == "DELETED" else obj)
                     if self.stop.is_set():
                         return
-                delays = backoff_delays(0.5, 30.0)  # a watch that ended cleanly resets the backoff
+                delays = backoff_delays(0.5, 10.0)  # a watch that ended cleanly resets the backoff
             except Gone as err:
                 log.info("watch expired (%s); listing again", err)
                 version = None
@@ -177,6 +177,7 @@ def run_agent(settings: Settings) -> int:
         meta = node.get("metadata", {})
         node_labels = meta.get("labels") or {}
         annotations = meta.get("annotations") or {}
+        metrics.state(node_labels.get(L.STATE_LABEL, ""))
         digest = source.digest() if settings.watch_config_file else None
         trigger = decide_trigger(node_labels, annotations, handled, digest)
         if trigger is Trigger.NONE:

@@ -62,6 +62,8 @@ class Settings:
     client_wait_timeout: float = 300.0
     mode_change_settle: float = 30.0
     api_retry_timeout: float = 300.0
+    drain: bool = False
+    drain_timeout: float = 300.0
     watch_config_file: bool = False
     config_poll_interval: float = 30.0
     publish_config: bool = True
@@ -143,6 +145,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="seconds to let host services settle before a MIG mode change with host-client shutdown")
     opt("--api-retry-timeout", "MIGKIT_AGENT_API_RETRY_TIMEOUT", default="300",
         help="seconds an API call is retried (capped backoff) before the step fails")
+    flag("--drain", "MIGKIT_AGENT_DRAIN",
+         "cordon the node and evict its pods (Eviction API: PodDisruptionBudgets hold) before changing the GPUs")
+    opt("--drain-timeout", "MIGKIT_AGENT_DRAIN_TIMEOUT", default="300",
+        help="seconds for the evicted pods to leave")
     flag("--watch-config-file", "MIGKIT_AGENT_WATCH_CONFIG_FILE", "re-run when the config file's content changes")
     opt("--config-poll-interval", "MIGKIT_AGENT_CONFIG_POLL_INTERVAL", default="30",
         help="seconds between config file checks with --watch-config-file")
@@ -210,6 +216,8 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
         client_wait_timeout=_seconds("--client-wait-timeout", a.client_wait_timeout),
         mode_change_settle=_seconds("--mode-change-settle", a.mode_change_settle),
         api_retry_timeout=_seconds("--api-retry-timeout", a.api_retry_timeout),
+        drain=parse_bool("MIGKIT_AGENT_DRAIN", a.drain),
+        drain_timeout=_seconds("--drain-timeout", a.drain_timeout),
         watch_config_file=parse_bool("MIGKIT_AGENT_WATCH_CONFIG_FILE", a.watch_config_file),
         config_poll_interval=_seconds("--config-poll-interval", a.config_poll_interval) or 30.0,
         publish_config=not parse_bool("MIGKIT_AGENT_NO_PUBLISH_CONFIG", a.no_publish_config),
