@@ -198,23 +198,25 @@ class Harness:
                 merged.update(json.loads(path.read_text()))
         return merged
 
-    def rollout(self, *args: str, json_out: bool = True, timeout: float = 180.0) -> tuple[int, Any, str]:
-        """Run ``migkit rollout ARGS`` as the cluster admin; (exit code, JSON or text, stderr)."""
-        proc = self.start_rollout(*args, json_out=json_out)
+    def rollout(self, *args: str, json_out: bool = True, timeout: float = 180.0,
+                kubeconfig: str | None = None) -> tuple[int, Any, str]:
+        """Run ``migkit rollout ARGS`` (as the cluster admin unless ``kubeconfig`` says who);
+        (exit code, JSON or text, stderr)."""
+        proc = self.start_rollout(*args, json_out=json_out, kubeconfig=kubeconfig)
         out, err = proc.communicate(timeout=timeout)
         return proc.returncode, json.loads(out) if json_out and out.strip() else out, err
 
-    def start_rollout(self, *args: str, json_out: bool = True) -> subprocess.Popen[str]:
-        argv = [sys.executable, "-m", "migkit", "rollout", *args, "--kubeconfig", self.admin_kubeconfig,
+    def start_rollout(self, *args: str, json_out: bool = True, kubeconfig: str | None = None) -> subprocess.Popen[str]:
+        argv = [sys.executable, "-m", "migkit", "rollout", *args, "--kubeconfig", kubeconfig or self.admin_kubeconfig,
                 "--namespace", NAMESPACE]
         if json_out:
             argv += ["-o", "json"]
         return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 cwd=ROOT)
 
-    def status(self, *args: str) -> tuple[int, str]:
+    def status(self, *args: str, kubeconfig: str | None = None) -> tuple[int, str]:
         proc = subprocess.run([sys.executable, "-m", "migkit", "cluster", "status", *args, "--kubeconfig",
-                               self.admin_kubeconfig, "--namespace", NAMESPACE],
+                               kubeconfig or self.admin_kubeconfig, "--namespace", NAMESPACE],
                               capture_output=True, text=True, timeout=60, cwd=ROOT)
         return proc.returncode, proc.stdout + proc.stderr
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import json
 import signal
+import uuid
+from typing import Any
 
+import yaml
+from agent_kit import NAMESPACE, ROOT
 from fleet_kit import CONFIG, FAULT, STATE, Fleet, Harness, until
+from kubernetes import client
 
 from migkit.agent.labels import OPERAND_DEPLOY_LABELS, RETRY_ANNOTATION
 
@@ -228,3 +233,46 @@ def test_ctrl_c_stops_the_rollout_and_the_same_command_continues(harness: Harnes
     assert fleet.progress(fleet.names[2]) is None or fleet.labels(fleet.names[2])[CONFIG] != "all-1g.20gb"
     code, report, err = harness.rollout(*args)
     assert code == 0 and report["counts"]["success"] == 3, (report, err)
+
+
+def documented_rbac() -> list[dict[str, Any]]:
+    """The ClusterRole and Role that docs/fleet.md gives for the rollout."""
+    text = (ROOT / "docs" / "fleet.md").read_text()
+    section = text[text.index("### Permissions"):]
+    block = section[section.index("```yaml") + len("```yaml"):section.index("```", section.index("```yaml") + 7)]
+    return [d for d in yaml.safe_load_all(block) if d]
+
+
+def test_the_documented_permissions_are_enough_to_roll_and_to_look(harness: Harness) -> None:
+    """A ServiceAccount bound to exactly the roles of docs/fleet.md runs a cordoned rollout and
+    cluster status."""
+    fleet = harness.fleet("cordon", [(3, "h100-80gb")])
+    rbac = client.RbacAuthorizationV1Api(harness.core.api_client)
+    core = harness.core
+    name = f"migkit-rollout-{uuid.uuid4().hex[:6]}"
+    core.create_namespaced_service_account(NAMESPACE, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name)))
+    subject = [client.RbacV1Subject(kind="ServiceAccount", name=name, namespace=NAMESPACE)]
+    for doc in documented_rbac():
+        doc["metadata"]["name"] = name
+        if doc["kind"] == "ClusterRole":
+            rbac.create_cluster_role(doc)
+            rbac.create_cluster_role_binding(client.V1ClusterRoleBinding(
+                metadata=client.V1ObjectMeta(name=name), subjects=subject,
+                role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=name)))
+        else:
+            assert doc["kind"] == "Role" and doc["metadata"]["namespace"] == NAMESPACE
+            rbac.create_namespaced_role(NAMESPACE, doc)
+            rbac.create_namespaced_role_binding(NAMESPACE, client.V1RoleBinding(
+                metadata=client.V1ObjectMeta(name=name), subjects=subject,
+                role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name=name)))
+    token = core.create_namespaced_service_account_token(name, NAMESPACE, client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(audiences=["https://kubernetes.default.svc.cluster.local"],
+                                       expiration_seconds=3600))).status.token
+    kubeconfig = str(harness.plane.write_kubeconfig(harness.workdir / f"{name}.kubeconfig",
+                                                    f"system:serviceaccount:{NAMESPACE}:{name}", token))
+    code, report, err = harness.rollout("--selector", fleet.selector, "--config", "all-7g.80gb", "--cordon",
+                                        "--max-unavailable", "100%", kubeconfig=kubeconfig)
+    assert code == 0 and report["counts"]["success"] == 3, (report, err)
+    code, out = harness.status("--selector", fleet.selector, "-o", "json", kubeconfig=kubeconfig)
+    assert code == 0, out
+    assert {r["config"] for r in json.loads(out)["nodes"]} == {"all-7g.80gb"}
