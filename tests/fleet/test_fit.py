@@ -10,6 +10,7 @@ from migkit.config import load_config
 from migkit.export import render
 from migkit.fleet.fit import (
     COUNT_LABEL,
+    MEMORY_LABEL,
     PRODUCT_LABEL,
     UnknownGpus,
     fit_problem,
@@ -26,7 +27,8 @@ MIG_MODELS = [m for m in gpu_models() if m.mig_capable]
 
 
 def labels_of(model: GpuModel, count: int = 8, suffix: str = "") -> dict[str, str]:
-    return {PRODUCT_LABEL: product_value(model.product_name) + suffix, COUNT_LABEL: str(count)}
+    return {PRODUCT_LABEL: product_value(model.product_name) + suffix, COUNT_LABEL: str(count),
+            MEMORY_LABEL: str(model.memory_mib)}
 
 
 def config_with(counts: dict[str, int], devices: str = "all") -> str:
@@ -38,12 +40,18 @@ def config_with(counts: dict[str, int], devices: str = "all") -> str:
 
 @pytest.mark.parametrize("model", MIG_MODELS, ids=lambda m: m.name)
 def test_every_mig_model_is_known_by_its_gfd_product_label(model: GpuModel) -> None:
-    """GFD's product value (spaces as dashes) names the bundled model, with or without the
-    single strategy's -MIG-<profile> suffix (then the GPU count is unknown)."""
+    """GFD's product value (spaces as dashes) and memory name the bundled model's MIG geometry,
+    with or without the single strategy's -MIG-<profile> suffix (then the GPU count is unknown;
+    a product name shared by models of different geometry is then refused)."""
     inv = inventory_from_labels(labels_of(model, 4))
-    assert inv.model == model and inv.count == 4
-    single = inventory_from_labels(labels_of(model, 28, "-MIG-1g.10gb"))
-    assert single.model == model and single.count is None
+    assert inv.model.profiles == model.profiles and inv.count == 4
+    twins = [m for m in MIG_MODELS if m.product_name == model.product_name and m.profiles != model.profiles]
+    if twins:
+        with pytest.raises(UnknownGpus, match="does not say which"):
+            inventory_from_labels(labels_of(model, 28, "-MIG-1g.10gb"))
+    else:
+        single = inventory_from_labels(labels_of(model, 28, "-MIG-1g.10gb"))
+        assert single.model.profiles == model.profiles and single.count is None
 
 
 @pytest.mark.parametrize("labels, why", [

@@ -276,3 +276,43 @@ def test_the_documented_permissions_are_enough_to_roll_and_to_look(harness: Harn
     code, out = harness.status("--selector", fleet.selector, "-o", "json", kubeconfig=kubeconfig)
     assert code == 0, out
     assert {r["config"] for r in json.loads(out)["nodes"]} == {"all-7g.80gb"}
+
+
+def test_a_node_that_never_answers_times_out_and_a_rerun_takes_its_late_outcome(harness: Harness) -> None:
+    """A node without a running agent: `timeout` after --timeout (exit 1), the record still
+    `applying` and the node not relabelled; when the outcome for that very change appears,
+    the same command records it without labelling again."""
+    fleet = harness.fleet("orphan", [(1, "h100-80gb")])
+    silent = f"{fleet.names[0]}-silent"
+    labels = {**fleet.labels(fleet.names[0]), STATE: "success"}
+    labels.pop("kubernetes.io/hostname", None)
+    harness.core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=silent, labels=labels)))
+    try:
+        # The config its agent would have published (a copy of its sibling's).
+        published = harness.core.read_namespaced_config_map(f"{fleet.names[0]}-mig-config", NAMESPACE)
+        harness.core.create_namespaced_config_map(NAMESPACE, client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name=f"{silent}-mig-config", labels=published.metadata.labels),
+            data=published.data))
+        args = ("--selector", fleet.selector, "--config", "all-3g.40gb", "--timeout", "3", "--max-unavailable", "2")
+        code, report, err = harness.rollout(*args)
+        results = {r["node"]: r for r in report["nodes"]}
+        assert code == 1, (report, err)
+        assert results[silent]["result"] == "timeout", results
+        assert results[fleet.names[0]]["result"] == "success", results
+        record = fleet.progress(silent)
+        assert record is not None and record["phase"] == "applying"
+        assert STATE not in fleet.labels(silent)
+
+        # The late answer to that change, as migkit's agent writes it.
+        harness.core.patch_node(silent, {"metadata": {
+            "labels": {STATE: "success"},
+            "annotations": {"migkit.io/mig.config.retry-handled": record["token"]}}})
+        recorder = fleet.record()
+        code, report, err = harness.rollout(*args)
+        assert code == 0, (report, err)
+        assert {r["node"]: r["result"] for r in report["nodes"]}[silent] == "success"
+        assert (fleet.progress(silent) or {})["token"] == record["token"]
+        assert all(labels.get(STATE) == "success" for n, labels, *_ in recorder.since(0) if n == silent)
+    finally:
+        harness.core.delete_node(silent)
+        harness.core.delete_namespaced_config_map(f"{silent}-mig-config", NAMESPACE)

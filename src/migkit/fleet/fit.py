@@ -26,6 +26,7 @@ from migkit.planning.plan import plan_node
 
 PRODUCT_LABEL = "nvidia.com/gpu.product"
 COUNT_LABEL = "nvidia.com/gpu.count"
+MEMORY_LABEL = "nvidia.com/gpu.memory"
 MIG_SUFFIX = "-MIG-"  # GFD's single strategy: <product>-MIG-<profile>
 SHARED_SUFFIX = "-SHARED"  # GFD's time-slicing/MPS renaming
 _GPU_WORDS = re.compile(r"GPU (\d+) ")
@@ -49,8 +50,28 @@ class GpuInventory:
 
 
 @functools.cache
-def _models_by_product() -> dict[str, GpuModel]:
-    return {product_value(m.product_name): m for m in gpu_models()}
+def _models_by_product() -> dict[str, tuple[GpuModel, ...]]:
+    found: dict[str, list[GpuModel]] = {}
+    for m in gpu_models():
+        found.setdefault(product_value(m.product_name), []).append(m)
+    return {product: tuple(models) for product, models in found.items()}
+
+
+def _pick(base: str, models: tuple[GpuModel, ...], memory: str | None) -> GpuModel:
+    """One model for a product name several share: any when their MIG geometry is the same,
+    else the one whose memory is the ``nvidia.com/gpu.memory`` label's."""
+    if all(m.profiles == models[0].profiles for m in models):
+        return models[0]
+    names = ", ".join(m.name for m in models)
+    try:
+        mib = int(memory or "")
+    except ValueError:
+        raise UnknownGpus(f"GPU product {base!r} is one of {names}, and {MEMORY_LABEL}={memory!r} "
+                          "does not say which") from None
+    best = sorted(models, key=lambda m: abs(m.memory_mib - mib))
+    if abs(best[0].memory_mib - mib) == abs(best[1].memory_mib - mib):
+        raise UnknownGpus(f"GPU product {base!r} with {mib} MiB could be any of {names}")
+    return best[0]
 
 
 def product_value(product_name: str) -> str:
@@ -73,9 +94,11 @@ def inventory_from_labels(labels: dict[str, str]) -> GpuInventory:
     if not product:
         raise UnknownGpus(f"no {PRODUCT_LABEL} label (is GPU feature discovery running on the node?)")
     base, single_strategy = base_product(product)
-    model = _models_by_product().get(base)
-    if model is None:
+    models = _models_by_product().get(base)
+    if not models:
         raise UnknownGpus(f"GPU product {base!r} is not in migkit's hardware tables")
+    # Under the single strategy gpu.memory is a MIG device's memory, not the GPU's.
+    model = _pick(base, models, None if single_strategy else labels.get(MEMORY_LABEL))
     if not model.mig_capable:
         raise UnknownGpus(f"GPU product {base!r} does not support MIG")
     if single_strategy:
@@ -131,6 +154,7 @@ def fitting_configs(config_file: MigConfigFile, gpus: GpuInventory) -> tuple[str
 
 __all__ = [
     "COUNT_LABEL",
+    "MEMORY_LABEL",
     "PRODUCT_LABEL",
     "GpuInventory",
     "UnknownGpus",

@@ -40,7 +40,7 @@ from migkit.agent.observe import Health
 from migkit.agent.reconcile import Handled, Reconciler, Trigger, decide_trigger
 from migkit.agent.runtime import ConfigSource, NodeWatch
 from migkit.agent.settings import Settings
-from migkit.fleet.fit import COUNT_LABEL, PRODUCT_LABEL, product_value
+from migkit.fleet.fit import COUNT_LABEL, MEMORY_LABEL, PRODUCT_LABEL, product_value
 
 log = logging.getLogger("migkit.fleet.harness")
 
@@ -121,6 +121,7 @@ def node_labels(spec_model: str, gpus: int, extra: Mapping[str, str] | None = No
         "nvidia.com/mig.capable": "true" if model.mig_capable else "false",
         PRODUCT_LABEL: product_value(model.product_name),
         COUNT_LABEL: str(gpus),
+        MEMORY_LABEL: str(model.memory_mib),
         **{name: "true" for name in L.OPERAND_DEPLOY_LABELS},
     }
     labels.update(extra or {})

@@ -400,6 +400,8 @@ class Rollout:
                     detail = self.cluster.failure_message(name, wall_started) or f"{L.STATE_LABEL}=failed"
                 if state != L.STATE_SUCCESS and progress.cordoned:
                     detail += " (left cordoned)"
+                if state == TIMEOUT:
+                    detail += "; rerun to wait for it again"
                 self._record(name, progress, state, detail, tracker)
                 report.set(NodeResult(name, SUCCESS if state == L.STATE_SUCCESS else state, number, seconds,
                                       detail, progress.previous))
@@ -420,8 +422,14 @@ class Rollout:
     def _record(self, name: str, progress: Progress, state: str, detail: str, tracker: NodeTracker) -> None:
         """Write the outcome on the node (best effort: a lost write is redone by a rerun, which
         finds the agent's answer still there)."""
-        phase = PHASE_SUCCESS if state == L.STATE_SUCCESS else PHASE_FAILED
-        final = attrs.evolve(progress, phase=phase, finished=now_iso(), message=detail[:500])
+        if state == TIMEOUT:
+            # No outcome yet is not a failure of the node: the record stays `applying`, so a
+            # rerun waits for it again and takes the agent's answer when it comes.
+            final = attrs.evolve(progress, message=detail[:500])
+            phase = PHASE_APPLYING
+        else:
+            phase = PHASE_SUCCESS if state == L.STATE_SUCCESS else PHASE_FAILED
+            final = attrs.evolve(progress, phase=phase, finished=now_iso(), message=detail[:500])
         uncordon = phase == PHASE_SUCCESS and progress.cordoned
         try:
             tracker.update(self.cluster.patch_node(name, finish_patch(final, uncordon=uncordon),
