@@ -1,5 +1,8 @@
 """The agent's only door into migkit's core: load, check, assert, apply and generate.
 
+It calls the public functions of ``migkit`` (``open_node``, ``load_config``, ``assert_config``,
+``plan_node``, ``apply``), imported from the modules that define them so type checkers see them.
+
 Everything the agent needs from the GPUs goes through :class:`NodeOps`, so the core can change
 under it and tests can see exactly which core calls a reconcile makes. Each call opens the node
 afresh (a level-triggered agent reads the hardware every time) and closes it again, so a
@@ -36,7 +39,6 @@ class Check:
 class ApplyResult:
     ok: bool
     summary: str
-    failed_gpus: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -89,49 +91,47 @@ class NodeOps:
 
     def valid(self, config: Any, name: str) -> Check:
         """Whether ``name`` exists in the file and can be placed on these GPUs (no change made)."""
-        from migkit.execution import executor
+        from migkit.execution.orchestrate import assert_config
 
         try:
             with self._node() as node:
-                executor.assert_config(node, config, name, valid_only=True)
+                assert_config(node, config, name, valid_only=True)
         except MigkitError as err:
             return Check(False, str(err))
         return Check(True, "configuration is valid for this node")
 
     def assert_config(self, config: Any, name: str, *, mode_only: bool = False) -> Check:
-        from migkit.execution import executor
+        from migkit.execution.orchestrate import assert_config
 
         try:
             with self._node() as node:
-                result = executor.assert_config(node, config, name, mode_only=mode_only)
+                result = assert_config(node, config, name, mode_only=mode_only)
         except MigkitError as err:
             return Check(False, str(err))
         return Check(result.ok, summarize(result.lines))
 
     def mode_change_gpus(self, config: Any, name: str) -> tuple[int, ...]:
         """Indices of the covered GPUs whose MIG mode must change (now or pending a reset)."""
-        from migkit.execution import executor
+        from migkit.planning.plan import plan_node
 
         try:
             with self._node() as node:
-                targets, _ = executor.plan_targets(config, name, node.snapshot())
+                plan = plan_node(config, name, node.snapshot())
         except MigkitError as err:
             raise NodeOpsError(str(err)) from None
-        return tuple(t.gpu.index for t in targets if not t.mode_matches)
+        return tuple(g.index for g in plan.gpus if g.covered and g.mode_change is not None)
 
     def apply(self, config: Any, name: str, *, mode_only: bool = False, skip_reset: bool = False) -> ApplyResult:
-        from migkit.execution import executor
+        from migkit.execution.orchestrate import apply
 
         progress = io.StringIO()
-        options = executor.ApplyOptions(selected_config=name, mode_only=mode_only, skip_reset=skip_reset)
         try:
             with self._node() as node:
-                report = executor.apply(node, config, options, progress=progress)
+                report = apply(node, config, name, mode_only=mode_only, skip_reset=skip_reset,
+                                      progress=progress)
         except MigkitError as err:
             return ApplyResult(False, str(err))
-        failed = tuple(o.line() for o in report.outcomes if o.status in ("failed", "restored", "not attempted"))
-        text = report.summary().replace("\n", "; ")
-        return ApplyResult(report.ok, text, failed)
+        return ApplyResult(report.ok, report.summary().replace("\n", "; "))
 
     def generated_config(self) -> str:
         """``generate-config`` for this node's hardware, as YAML."""

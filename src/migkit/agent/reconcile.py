@@ -152,12 +152,13 @@ class Reconciler:
 
     def _set_state(self, state: str, reason: str, message: str, *, warning: bool = False,
                    extra_annotations: Mapping[str, str | None] | None = None) -> None:
+        # The Event first, so whoever sees the state label finds its Event already there.
+        self.kube.event(self._node_uid, reason, message, warning=warning)
         self.kube.patch_node_metadata(f"set {L.STATE_LABEL}={state}", labels={L.STATE_LABEL: state},
                                       annotations=extra_annotations)
         log.info("state %s: %s", state, message, extra={"state": state, "reason": reason})
         if self.observer is not None:
             self.observer.state(state)
-        self.kube.event(self._node_uid, reason, message, warning=warning)
 
     def run(self, selected: str, config: Any, config_error: str | None, retry_value: str | None) -> Outcome:
         """Reconfigure to ``selected``; always ends in a terminal state (or ``rebooting``)."""
