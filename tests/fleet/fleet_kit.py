@@ -1,10 +1,16 @@
-"""Helpers of the fleet tests: simulated fleets on the real API server, their agents in one
-harness process, the rollout as a real ``migkit rollout`` process, and a recorder of every
-change the API server reports for a fleet's nodes."""
+"""Helpers and fixtures of the fleet tests: the agent tests' control plane and cluster (one
+real kube-apiserver + etcd, the deploy/ manifests applied, the agent's ServiceAccount token),
+simulated fleets whose agents run in harness processes (``python -m migkit.fleet.harness``),
+the rollout as a real ``migkit rollout`` process, and a recorder of every change the API
+server reports for a fleet's nodes.
+
+There is no conftest.py here: the agent tests import their conftest by module name, which a
+second conftest would shadow. A test module imports the fixtures it uses from here."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -13,15 +19,21 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent_kit import NAMESPACE, ROOT, wait_for
-from kubernetes import client, config
+import pytest
 
-from migkit.fleet.harness import SimNode, make_fleet, node_labels
-from migkit.fleet.progress import ANNOTATION
+AGENT_TESTS = Path(__file__).resolve().parents[1] / "agent"
+if str(AGENT_TESTS) not in sys.path:
+    sys.path.insert(0, str(AGENT_TESTS))
+
+from agent_kit import NAMESPACE, ROOT, wait_for  # noqa: E402
+from kubernetes import client, config  # noqa: E402
+
+from migkit.fleet.harness import SimNode, make_fleet, node_labels  # noqa: E402
+from migkit.fleet.progress import ANNOTATION  # noqa: E402
 
 CONFIG = "nvidia.com/mig.config"
 STATE = "nvidia.com/mig.config.state"
@@ -244,4 +256,32 @@ def until(what: str, predicate: Callable[[], Any], timeout: float = 60.0) -> Any
     return wait_for(what, predicate, timeout)
 
 
-__all__ = ["CONFIG", "FAULT", "STATE", "Fleet", "Harness", "Recorder", "config", "time", "until"]
+def _agent_fixtures() -> Any:
+    """The agent tests' conftest, loaded under its own name so its fixtures serve here too."""
+    spec = importlib.util.spec_from_file_location("agent_test_fixtures", AGENT_TESTS / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_agent = _agent_fixtures()
+control_plane = _agent.control_plane
+cluster = _agent.cluster
+
+
+@pytest.fixture(scope="module")
+def harness(cluster: dict[str, Any], control_plane: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
+        Harness]:
+    """The fleets of one test module and their harness processes (stopped at the module's end)."""
+    h = Harness(control_plane, cluster, tmp_path_factory.mktemp("fleet"))
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+__all__ = [
+    "CONFIG", "FAULT", "NAMESPACE", "ROOT", "STATE", "Fleet", "Harness", "Recorder", "cluster", "config",
+    "control_plane", "harness", "time", "until",
+]

@@ -8,13 +8,30 @@ import signal
 import uuid
 from typing import Any
 
+import pytest
+
+pytest.importorskip("kubernetes", reason="the fleet tests need the k8s extra: pip install '.[test]'")
+
 import yaml
-from agent_kit import NAMESPACE, ROOT
-from fleet_kit import CONFIG, FAULT, STATE, Fleet, Harness, until
+from fleet_kit import (
+    CONFIG,
+    FAULT,
+    NAMESPACE,
+    ROOT,
+    STATE,
+    Fleet,
+    Harness,
+    cluster,
+    control_plane,
+    harness,
+    until,
+)
 from kubernetes import client
 
 from migkit.agent.labels import OPERAND_DEPLOY_LABELS, RETRY_ANNOTATION
 
+# pytest finds fixtures among a test module's names: these come from fleet_kit (no conftest here).
+FIXTURES = (cluster, control_plane, harness)
 TERMINAL = ("success", "failed")
 
 
