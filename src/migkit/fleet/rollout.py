@@ -305,8 +305,10 @@ class Rollout:
         report.waves = plan_waves(list(in_flight), todo, report.wave_size)
         for number, wave in enumerate(report.waves, 1):
             for name in wave:
-                detail = "resuming: labelled by an earlier run" if name in in_flight else "to label"
-                report.set(NodeResult(name, PLANNED if o.dry_run else UNTOUCHED, number, detail=detail))
+                resumed = name in in_flight
+                detail = "resuming: labelled by an earlier run" if resumed else "to label"
+                result = PLANNED if o.dry_run else INTERRUPTED if resumed else UNTOUCHED
+                report.set(NodeResult(name, result, number, detail=detail))
         if o.dry_run:
             for number, wave in enumerate(report.waves, 1):
                 self.progress.line(f"wave {number}/{len(report.waves)}: {' '.join(wave)}")
