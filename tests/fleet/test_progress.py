@@ -100,14 +100,16 @@ def test_an_outcome_counts_only_with_the_agents_echo_of_the_token(state: str | N
 
 
 def test_the_label_patch_clears_the_state_and_carries_the_token() -> None:
-    """One patch: config label, state removed, the token as the agent's retry annotation, the
-    record; the cordon only when asked; uncordon only after success when we cordoned."""
+    """One patch, conditional on the node as last read: config label, state removed, the token
+    as the agent's retry annotation, the record; the cordon only when asked; uncordon only
+    after success when we cordoned."""
     p = Progress(config="all-balanced", token="t1", phase="applying", previous="all-disabled", cordoned=True)
-    body = label_patch("all-balanced", p, cordon=True)
+    body = label_patch("all-balanced", p, cordon=True, resource_version="42")
     meta = body["metadata"]
-    assert meta == {"labels": {L.CONFIG_LABEL: "all-balanced", L.STATE_LABEL: None},  # type: ignore[comparison-overlap]
+    assert meta == {"resourceVersion": "42",  # type: ignore[comparison-overlap]
+                    "labels": {L.CONFIG_LABEL: "all-balanced", L.STATE_LABEL: None},
                     "annotations": {L.RETRY_ANNOTATION: "t1", ANNOTATION: p.to_json()}}
     assert body["spec"] == {"unschedulable": True}
-    assert "spec" not in label_patch("all-balanced", p, cordon=False)
+    assert "spec" not in label_patch("all-balanced", p, cordon=False, resource_version="42")
     assert finish_patch(p, uncordon=True)["spec"] == {"unschedulable": None}
     assert "spec" not in finish_patch(p, uncordon=False)

@@ -357,3 +357,23 @@ def test_a_node_that_never_answers_times_out_and_a_rerun_takes_its_late_outcome(
     finally:
         harness.core.delete_node(silent)
         harness.core.delete_namespaced_config_map(f"{silent}-mig-config", NAMESPACE)
+
+
+def test_two_rollouts_at_once_label_each_node_once(harness: Harness) -> None:
+    """Two operators start the same rollout together: each node is labelled by one of them only
+    (one token, one agent run); the other waits on that change or stands aside, never relabels."""
+    fleet = harness.fleet("cordon", [(3, "h100-80gb")])
+    recorder = fleet.record()
+    mark = recorder.mark()
+    runs = {n: fleet.runs(n) for n in fleet.names}
+    args = ("--selector", fleet.selector, "--config", "all-4g.40gb", "--max-unavailable", "3")
+    first, second = harness.start_rollout(*args), harness.start_rollout(*args)
+    outputs = [p.communicate(timeout=120) for p in (first, second)]
+    codes = [first.returncode, second.returncode]
+    assert 0 in codes and set(codes) <= {0, 1}, outputs
+    for name in fleet.names:
+        tokens = {annotations.get(RETRY_ANNOTATION) for n, _, annotations, _ in recorder.since(mark) if n == name}
+        tokens.discard(None)
+        assert len(tokens) == 1, (name, tokens)
+        assert fleet.labels(name)[STATE] == "success"
+        assert fleet.runs(name) == runs[name] + 1, name

@@ -120,6 +120,9 @@ class Cluster:
         finally:
             resp.release_conn()
 
+    def read_node(self, name: str) -> dict[str, Any]:
+        return self.call(f"read node {name}", lambda: self._json(self.core.read_node, name))
+
     def patch_node(self, name: str, body: Mapping[str, Any], what: str) -> dict[str, Any]:
         """One JSON merge patch of a node (None deletes a key)."""
         return self.call(

@@ -141,12 +141,14 @@ def plan_waves(in_flight: Sequence[str], todo: Sequence[str], size: int) -> list
     return [queue[i : i + size] for i in range(0, len(queue), size)]
 
 
-def label_patch(config: str, progress: Progress, *, cordon: bool) -> dict[str, object]:
+def label_patch(config: str, progress: Progress, *, cordon: bool, resource_version: str) -> dict[str, object]:
     """The one patch that starts a node's change: the config label, the state label cleared (so
     no stale terminal state is mistaken for the outcome), the token as the agent's retry
-    annotation, the progress record, and the cordon when asked."""
+    annotation, the progress record, and the cordon when asked. It applies only to the node as
+    last read (``resource_version``): the API server refuses it (409) if anything changed since."""
     body: dict[str, object] = {
         "metadata": {
+            "resourceVersion": resource_version,
             "labels": {L.CONFIG_LABEL: config, L.STATE_LABEL: None},
             "annotations": {L.RETRY_ANNOTATION: progress.token, ANNOTATION: progress.to_json()},
         }

@@ -353,22 +353,9 @@ class Rollout:
             now = self.clock()
             progress = in_flight.get(name)
             if progress is None:
-                current = tracker.get(name) or {}
-                labels = (current.get("metadata") or {}).get("labels") or {}
-                cordon = o.cordon and not (current.get("spec") or {}).get("unschedulable", False)
-                progress = Progress(config=o.config, token=uuid.uuid4().hex, phase=PHASE_APPLYING,
-                                    previous=labels.get(L.CONFIG_LABEL), cordoned=cordon, wave=number,
-                                    started=now_iso())
-                report.results[name].result = PLANNED  # from here on, an interrupt leaves it in flight
-                try:
-                    tracker.update(self.cluster.patch_node(name, label_patch(o.config, progress, cordon=cordon),
-                                                           f"label {L.CONFIG_LABEL}={o.config}"))
-                except KubeError as err:
-                    report.set(NodeResult(name, FAILED, number, 0.0, f"could not label: {err}", progress.previous))
+                progress = self._label(report, number, name, tracker)
+                if progress is None:
                     continue
-                report.changed += 1
-                self.progress.event(f"wave {number}/{total}: labelled {name}"
-                                    + (" (cordoned)" if cordon else ""))
             else:
                 report.results[name].result = PLANNED
                 self.progress.event(f"wave {number}/{total}: waiting for {name} (labelled by an earlier run)")
@@ -420,6 +407,53 @@ class Rollout:
             self.progress.status(line)
             nearest = min(deadline for _, _, deadline in waiting.values())
             seen = tracker.wait(seen, max(0.05, min(1.0, nearest - self.clock())))
+
+    def _label(self, report: Report, number: int, name: str, tracker: NodeTracker) -> Progress | None:
+        """Label one node, judged afresh from its latest copy; the progress to wait on, or None
+        when the node needs no waiting (its result is set). The patch carries the copy's
+        resourceVersion: if the node changed meanwhile (another rollout, an admin), it is read
+        and judged again rather than overwritten."""
+        o = self.options
+        total = len(report.waves)
+        for _attempt in range(3):
+            current = tracker.get(name)
+            if current is None:
+                report.set(NodeResult(name, FAILED, number, 0.0, "the node was deleted"))
+                return None
+            meta = current["metadata"]
+            labels = meta.get("labels") or {}
+            a = assess(labels, meta.get("annotations") or {}, o.config)
+            if a.standing is Standing.IN_FLIGHT:
+                assert a.progress is not None
+                report.results[name].result = PLANNED
+                self.progress.event(f"wave {number}/{total}: waiting for {name} (labelled by another run)")
+                return a.progress
+            if a.standing in (Standing.DONE, Standing.ALREADY):
+                report.set(NodeResult(name, SUCCESS if a.standing is Standing.DONE else ALREADY, number,
+                                      detail=a.detail, previous=labels.get(L.CONFIG_LABEL)))
+                return None
+            if not (a.standing is Standing.TODO or (a.standing is Standing.FAILED and o.retry_failed)):
+                report.set(NodeResult(name, SKIPPED, number, detail=f"changed while the rollout ran: {a.detail}",
+                                      previous=labels.get(L.CONFIG_LABEL)))
+                return None
+            cordon = o.cordon and not (current.get("spec") or {}).get("unschedulable", False)
+            progress = Progress(config=o.config, token=uuid.uuid4().hex, phase=PHASE_APPLYING,
+                                previous=labels.get(L.CONFIG_LABEL), cordoned=cordon, wave=number, started=now_iso())
+            report.results[name].result = PLANNED  # from here on, an interrupt leaves it in flight
+            body = label_patch(o.config, progress, cordon=cordon, resource_version=str(meta["resourceVersion"]))
+            try:
+                tracker.update(self.cluster.patch_node(name, body, f"label {L.CONFIG_LABEL}={o.config}"))
+            except KubeError as err:
+                if err.status == 409:
+                    tracker.update(self.cluster.read_node(name))
+                    continue
+                report.set(NodeResult(name, FAILED, number, 0.0, f"could not label: {err}", progress.previous))
+                return None
+            report.changed += 1
+            self.progress.event(f"wave {number}/{total}: labelled {name}" + (" (cordoned)" if cordon else ""))
+            return progress
+        report.set(NodeResult(name, SKIPPED, number, detail="kept changing under the rollout; rerun to pick it up"))
+        return None
 
     def _record(self, name: str, progress: Progress, state: str, detail: str, tracker: NodeTracker) -> None:
         """Write the outcome on the node (best effort: a lost write is redone by a rerun, which
