@@ -117,17 +117,7 @@ def test_pure_layers_import_nothing_above_them(module: str) -> None:
     assert not above, f"{module} imports {above}"
 
 
-_NVML_MODULES = [
-    pytest.param(
-        m,
-        marks=pytest.mark.xfail(
-            strict=True, reason="the snapshot still names each GPU's bundled model through migkit.hardware"
-        ),
-    )
-    if m == "migkit.nvml._binding"
-    else m
-    for m in sorted(m for m in MODULES if _within(m, ("migkit.nvml",)))
-]
+_NVML_MODULES = sorted(m for m in MODULES if _within(m, ("migkit.nvml",)))
 
 
 @pytest.mark.parametrize("module", _NVML_MODULES)

@@ -1,10 +1,13 @@
 """Load, validate, select and write mig-parted v1 configuration files.
 
-The accepted language is exactly mig-parted's (facts §1.1-§1.4), with two deliberate
-deviations: a negative index in ``devices`` and a malformed ``device-filter`` are errors
-instead of silently matching nothing. Every error is a :class:`~migkit.errors.ConfigError`
-carrying the file, line and column of the offending value and one sentence saying what is
-wrong::
+The accepted language is exactly mig-parted's: YAML 1.1 as go-yaml v2 reads it (``y``/``n``
+and ``yes``/``no`` are booleans, ``1e0`` is a float), a ``version: v1`` / ``mig-configs`` top
+level and entries of ``devices``, ``mig-enabled``, ``mig-devices`` and ``device-filter``. Two
+deliberate deviations: a negative index in ``devices`` and a malformed ``device-filter`` are
+errors instead of silently matching nothing. What upstream reads leniently (a key written
+twice, ``7.0`` as a count, ``mig-enabled: null``) is accepted with a located warning.
+Every error is a :class:`~migkit.errors.ConfigError` carrying the file, line and column of the
+offending value and one sentence saying what is wrong::
 
     config.yaml:7:9: config "custom", entry 0: "bogus" is not a MIG profile name
     (expected like "1g.10gb" or "1c.3g.20gb")
@@ -18,16 +21,21 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import re
-from collections.abc import Iterable, Iterator, Mapping
-from types import MappingProxyType
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-import attrs
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from migkit.config.filters import DeviceFilter
+from migkit.config.values import ConfigEntry, ConfigWarning, MigConfigFile, SelectedConfig
+from migkit.config.yaml_compose import (
+    SCALARS,
+    TAG,
+    GoYamlLoader,
+    collector_paused,
+    compose_fast,
+    join_surrogates,
+)
 from migkit.errors import ConfigError
 from migkit.names import ProfileCounts, parse_profile_name
 
@@ -36,8 +44,6 @@ __all__ = [
     "ConfigWarning",
     "MigConfigFile",
     "SelectedConfig",
-    "dump_json",
-    "dump_yaml",
     "load_config",
     "parse_config",
     "select",
@@ -46,126 +52,8 @@ __all__ = [
 ENTRY_KEYS = ("devices", "mig-enabled", "mig-devices", "device-filter")
 TOP_KEYS = ("version", "mig-configs")
 _NAME_EXAMPLE = '(expected like "1g.10gb" or "1c.3g.20gb")'
-_TAG = "tag:yaml.org,2002:"
 _BOOL_TRUE = frozenset({"y", "yes", "true", "on"})
 _BOOL_FALSE = frozenset({"n", "no", "false", "off"})
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads YAML 1.1's ``y``/``n`` as booleans, as go-yaml v2 does."""
-
-    bool_values: ClassVar[dict[str, bool]] = {**yaml.SafeLoader.bool_values, "y": True, "n": False}
-
-
-_CONSTRUCTOR = yaml.constructor.SafeConstructor()
-_Loader.add_implicit_resolver(_TAG + "bool", re.compile(r"^(?:y|Y|n|N)$"), list("yYnN"))
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _join_surrogates(text: str) -> str:
-    """Combine JSON-style surrogate pairs (``\\ud800\\udc00``), which YAML leaves apart."""
-    if _SURROGATE.search(text) is None:
-        return text
-    try:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16")
-    except UnicodeDecodeError:
-        return text
-
-
-@attrs.frozen
-class ConfigWarning:
-    """Something accepted but probably unintended; ``str()`` is ``file:line:col: message``."""
-
-    message: str
-    file: str | None = None
-    line: int | None = None
-    column: int | None = None
-
-    def __str__(self) -> str:
-        where = [str(p) for p in (self.file, self.line, self.column) if p is not None]
-        return f"{':'.join(where)}: {self.message}" if where else self.message
-
-
-def _counts_converter(value: Mapping[str, int] | ProfileCounts) -> ProfileCounts:
-    return value if isinstance(value, ProfileCounts) else ProfileCounts(value.items())
-
-
-def _filters_converter(value: Iterable[DeviceFilter]) -> tuple[DeviceFilter, ...]:
-    return tuple(value)
-
-
-def _warnings_converter(value: Iterable[ConfigWarning]) -> tuple[ConfigWarning, ...]:
-    return tuple(value)
-
-
-def _devices_converter(
-    value: str | tuple[int, ...] | list[int],
-) -> Literal["all"] | tuple[int, ...]:
-    if value == "all":
-        return "all"
-    if isinstance(value, str):
-        raise ValueError(f'devices must be "all" or a list of indices, not {value!r}')
-    return tuple(sorted(set(value)))
-
-
-@attrs.frozen
-class ConfigEntry:
-    """One entry of a named config: which GPUs, and what MIG state they should have.
-
-    ``mig_devices`` has canonical names, no zero counts, duplicates summed. ``devices`` is
-    ``"all"`` or sorted, de-duplicated indices. The source position (``file``, ``line``,
-    ``column``, ``profile_marks``) is for messages and does not take part in equality.
-    """
-
-    devices: Literal["all"] | tuple[int, ...] = attrs.field(converter=_devices_converter)
-    mig_enabled: bool
-    mig_devices: ProfileCounts = attrs.field(factory=ProfileCounts, converter=_counts_converter)
-    device_filters: tuple[DeviceFilter, ...] = attrs.field(default=(), converter=_filters_converter)
-    file: str | None = attrs.field(default=None, eq=False)
-    line: int | None = attrs.field(default=None, eq=False)
-    column: int | None = attrs.field(default=None, eq=False)
-    # (canonical name, line, column) of each mig-devices key as first written
-    profile_marks: tuple[tuple[str, int, int], ...] = attrs.field(default=(), eq=False)
-
-    def same_spec(self, other: ConfigEntry) -> bool:
-        """True when both entries ask for the same MIG state (mode and counts)."""
-        return self.mig_enabled == other.mig_enabled and self.mig_devices == other.mig_devices
-
-    def profile_location(self, name: str) -> tuple[str | None, int | None, int | None]:
-        """``(file, line, column)`` of a mig-devices key (by canonical name), else the entry's."""
-        for canonical, line, column in self.profile_marks:
-            if canonical == name:
-                return self.file, line, column
-        return self.file, self.line, self.column
-
-
-def _configs_converter(
-    value: Mapping[str, tuple[ConfigEntry, ...] | list[ConfigEntry]],
-) -> Mapping[str, tuple[ConfigEntry, ...]]:
-    return MappingProxyType({name: tuple(entries) for name, entries in value.items()})
-
-
-@attrs.frozen(unsafe_hash=False)
-class MigConfigFile:
-    """A loaded v1 file: named configs in file order, the source name and any warnings."""
-
-    configs: Mapping[str, tuple[ConfigEntry, ...]] = attrs.field(
-        factory=dict, converter=_configs_converter
-    )
-    file: str | None = attrs.field(default=None, eq=False)
-    warnings: tuple[ConfigWarning, ...] = attrs.field(
-        default=(), converter=_warnings_converter, eq=False
-    )
-
-
-@attrs.frozen
-class SelectedConfig:
-    """The config chosen with ``-c`` (or the only one in the file)."""
-
-    name: str
-    entries: tuple[ConfigEntry, ...]
 
 
 # --------------------------------------------------------------------------------- loading
@@ -221,13 +109,14 @@ def parse_config(text: str, *, file: str | None = None) -> MigConfigFile:
 
 
 _Kind = Literal["null", "bool", "int", "float", "str", "map", "list"]
+_MERGE_BUDGET = 10_000  # keys that merge keys (<<) may copy, in all
 
 
 class _Parser:
     def __init__(self, file: str | None) -> None:
         self.file = file
         self.warnings: list[ConfigWarning] = []
-        self.merge_budget = 10_000
+        self.merge_budget = _MERGE_BUDGET
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -245,37 +134,37 @@ class _Parser:
         """The Python value of a scalar node (null, bool, int, float or str)."""
         assert isinstance(node, ScalarNode)
         tag = node.tag
-        if tag == _TAG + "null":
+        if tag == TAG + "null":
             return None
-        if tag == _TAG + "bool":
+        if tag == TAG + "bool":
             lowered = node.value.lower()
             if lowered in _BOOL_TRUE:
                 return True
             if lowered in _BOOL_FALSE:
                 return False
             raise self.error(node, f"{node.value!r} is not a boolean")
-        if tag in (_TAG + "int", _TAG + "float"):
+        if tag in (TAG + "int", TAG + "float"):
             if ":" in node.value:
                 # YAML 1.1 base-60 numbers (1:20 -> 80): go-yaml v2, and so mig-parted, reads
                 # them as strings, so they are strings here too (and fail where a number is due).
-                return _join_surrogates(node.value)
+                return join_surrogates(node.value)
             try:
                 if tag.endswith("int"):
-                    return _CONSTRUCTOR.construct_yaml_int(node)
-                return _CONSTRUCTOR.construct_yaml_float(node)
+                    return SCALARS.construct_yaml_int(node)
+                return SCALARS.construct_yaml_float(node)
             except (ValueError, IndexError, yaml.YAMLError):
                 raise self.error(node, f"{node.value!r} is not a valid number") from None
-        if tag in (_TAG + "str", _TAG + "timestamp"):
-            return _join_surrogates(node.value)
+        if tag in (TAG + "str", TAG + "timestamp"):
+            return join_surrogates(node.value)
         raise self.error(node, f"unsupported YAML tag {tag!r}")
 
     def kind(self, node: Node) -> _Kind:
         if isinstance(node, MappingNode):
-            if node.tag != _TAG + "map":
+            if node.tag != TAG + "map":
                 raise self.error(node, f"unsupported YAML tag {node.tag!r}")
             return "map"
         if isinstance(node, SequenceNode):
-            if node.tag != _TAG + "seq":
+            if node.tag != TAG + "seq":
                 raise self.error(node, f"unsupported YAML tag {node.tag!r}")
             return "list"
         value = self.scalar(node)
@@ -312,7 +201,7 @@ class _Parser:
         explicit: list[tuple[str, Node, Node]] = []
         merged: list[tuple[str, Node, Node]] = []
         for key_node, value_node in node.value:
-            if key_node.tag == _TAG + "merge":
+            if key_node.tag == TAG + "merge":
                 sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
                 for source in sources:
                     if not isinstance(source, MappingNode):
@@ -334,26 +223,72 @@ class _Parser:
                     key_node, f"mapping keys must be strings, not {self.describe(key_node)}"
                 )
             explicit.append((key, key_node, value_node))
-        seen: dict[str, Node] = {}
-        for key, key_node, _ in explicit:
-            if key in seen:
-                first = seen[key].start_mark.line + 1
-                raise self.error(
-                    key_node, f"key {json.dumps(key)} appears twice (first on line {first})"
+        # A key written twice: the last one wins, as nvidia-mig-parted reads the file (its YAML
+        # goes through JSON into Go maps). The entry keeps the first key's place in the order.
+        chosen: dict[str, tuple[str, Node, Node]] = {}
+        for key, key_node, value_node in explicit:
+            earlier = chosen.get(key)
+            if earlier is not None:
+                first = earlier[1].start_mark.line + 1
+                again = key_node.start_mark.line + 1
+                self.warn(
+                    key_node,
+                    f"key {json.dumps(key)} appears twice (lines {first} and {again}); "
+                    f"the value on line {again} is used",
                 )
-            seen[key] = key_node
-        result = list(explicit)
+            chosen[key] = (key, key_node, value_node)
+        result = list(chosen.values())
         for key, key_node, value_node in merged:
-            if key not in seen:
-                seen[key] = key_node
+            if key not in chosen:
+                chosen[key] = (key, key_node, value_node)
                 result.append((key, key_node, value_node))
         return result
+
+    def whole_number(self, node: Node, what: str) -> int | None:
+        """An int, or a float with no fraction (``7.0``) read as one with a warning."""
+        kind = self.kind(node)
+        if kind == "int":
+            value: int = self.scalar(node)
+            return value
+        if kind == "float":
+            number = self.scalar(node)
+            if number.is_integer() and abs(number) < 2**63:
+                self.warn(node, f"{what} is {node.value}, read as the whole number {int(number)}")
+                return int(number)
+        return None
 
     # -- structure ---------------------------------------------------------------------------
 
     def parse(self, text: str) -> MigConfigFile:
+        with collector_paused():
+            try:
+                root = compose_fast(text)
+            except LookupError:
+                return self.build(self.compose(text))
+            try:
+                fast = self.build(root)
+            except ConfigError:
+                pass
+            else:
+                if not fast.warnings:
+                    return fast
+            # Errors and warnings are located on the pure-Python tree: libyaml marks some nodes
+            # (an empty value, for one) a column apart, and messages must not depend on the path.
+            self.warnings = []
+            self.merge_budget = _MERGE_BUDGET
+            return self.build(self.compose(text))
+
+    def build(self, root: Node | None) -> MigConfigFile:
+        """The validated file from a node tree (``None`` for an empty document)."""
+        if root is not None:
+            self.check_tags(root)
+        configs = self.top(root) if root is not None else {}
+        return MigConfigFile(configs, self.file, tuple(self.warnings))
+
+    def compose(self, text: str) -> Node | None:
+        """The node tree from the pure-Python loader, or its error as a ConfigError."""
         try:
-            loader = _Loader(text)
+            loader = GoYamlLoader(text)
         except yaml.reader.ReaderError as err:
             line = text.count("\n", 0, err.position) + 1
             column = err.position - (text.rfind("\n", 0, err.position) + 1) + 1
@@ -364,7 +299,7 @@ class _Parser:
                 column=column,
             ) from None
         try:
-            root = loader.get_single_node()
+            root: Node | None = loader.get_single_node()
         except yaml.MarkedYAMLError as err:
             mark = err.problem_mark or err.context_mark
             problem = err.problem or err.context or "invalid YAML"
@@ -382,10 +317,7 @@ class _Parser:
             raise ConfigError("the document nests too deeply", file=self.file) from None
         finally:
             loader.dispose()
-        if root is not None:
-            self.check_tags(root)
-        configs = self.top(root) if root is not None else {}
-        return MigConfigFile(configs, self.file, tuple(self.warnings))
+        return root
 
     def check_tags(self, root: Node) -> None:
         """Refuse explicit tags on mappings and lists (``!!python/object``, ``!!set``, ...)."""
@@ -397,12 +329,12 @@ class _Parser:
                 continue
             seen.add(id(node))
             if isinstance(node, MappingNode):
-                if node.tag != _TAG + "map":
+                if node.tag != TAG + "map":
                     raise self.error(node, f"unsupported YAML tag {node.tag!r}")
                 for key, value in node.value:
                     stack.extend((key, value))
             elif isinstance(node, SequenceNode):
-                if node.tag != _TAG + "seq":
+                if node.tag != TAG + "seq":
                     raise self.error(node, f"unsupported YAML tag {node.tag!r}")
                 stack.extend(node.value)
 
@@ -479,16 +411,17 @@ class _Parser:
             fields[key] = value
         devices = self.devices(where, node, fields.get("devices"))
         enabled_node = fields.get("mig-enabled")
-        if enabled_node is None or self.kind(enabled_node) == "null":
-            raise self.error(
-                enabled_node or node, f"{where}: mig-enabled is required (true or false)"
-            )
-        if self.kind(enabled_node) != "bool":
+        if enabled_node is None:
+            raise self.error(node, f"{where}: mig-enabled is required (true or false)")
+        if self.kind(enabled_node) == "null":
+            # nvidia-mig-parted decodes null into Go's zero value: false.
+            self.warn(enabled_node, f"{where}: mig-enabled is null and is read as false")
+        elif self.kind(enabled_node) != "bool":
             raise self.error(
                 enabled_node,
                 f"{where}: mig-enabled must be true or false, not {self.describe(enabled_node)}",
             )
-        enabled = bool(self.scalar(enabled_node))
+        enabled = self.scalar(enabled_node) is True
         counts, marks = self.mig_devices(where, node, enabled, fields.get("mig-devices"))
         filters = self.device_filters(where, fields.get("device-filter"))
         mark = node.start_mark
@@ -514,12 +447,11 @@ class _Parser:
         if isinstance(node, SequenceNode):
             indices: list[int] = []
             for item in node.value:
-                kind = self.kind(item)
-                if kind != "int":
+                value = self.whole_number(item, f"{where}: a GPU index")
+                if value is None:
                     raise self.error(
                         item, f"{where}: a GPU index must be an integer, not {self.describe(item)}"
                     )
-                value = self.scalar(item)
                 if value < 0:
                     raise self.error(item, f"{where}: GPU index {value} is negative")
                 indices.append(value)
@@ -571,14 +503,13 @@ class _Parser:
                     key_node,
                     f"{where}: {json.dumps(key)} is not a MIG profile name {_NAME_EXAMPLE}",
                 ) from None
-            kind = self.kind(value)
-            if kind != "int":
+            count = self.whole_number(value, f"{where}: the count of {key}")
+            if count is None:
                 raise self.error(
                     value,
                     f"{where}: the count of {key} must be a whole number, "
                     f"not {self.describe(value)}",
                 )
-            count = self.scalar(value)
             if count < 0:
                 raise self.error(
                     value, f"{where}: the count of {key} must not be negative ({count})"
@@ -625,8 +556,8 @@ class _Parser:
         if kind == "int":
             self.warn(
                 node,
-                f"{where}: device-filter {text} was read as a number; quote device IDs "
-                f'("{parsed}")',
+                f"{where}: device-filter {text} is read as a number, which nvidia-mig-parted "
+                f'refuses (it rejects the whole file); quote device IDs ("{parsed}")',
             )
         elif parsed.matches_all:
             self.warn(node, f'{where}: device-filter "" matches every GPU')
@@ -641,7 +572,10 @@ class _Parser:
 
 
 def select(config_file: MigConfigFile, name: str | None = None) -> SelectedConfig:
-    """Pick the config named ``name``, or the only config when ``name`` is None (facts §2.3)."""
+    """Pick the config named ``name``, or the only config when ``name`` is None.
+
+    As nvidia-mig-parted selects: a file with several configs needs a name.
+    """
     names = list(config_file.configs)
     if not names:
         raise ConfigError("the file has no MIG configs to select", file=config_file.file)
@@ -660,103 +594,3 @@ def select(config_file: MigConfigFile, name: str | None = None) -> SelectedConfi
             f"config {json.dumps(name)} is not in the file{hint}", file=config_file.file
         )
     return SelectedConfig(name, config_file.configs[name])
-
-
-# --------------------------------------------------------------------------------- writing
-
-
-def _entry_dict(entry: ConfigEntry) -> dict[str, Any]:
-    data: dict[str, Any] = {}
-    if entry.device_filters:
-        rendered = [str(f) for f in entry.device_filters]
-        data["device-filter"] = rendered[0] if len(rendered) == 1 else rendered
-    data["devices"] = "all" if entry.devices == "all" else list(entry.devices)
-    data["mig-enabled"] = entry.mig_enabled
-    if entry.mig_enabled:
-        data["mig-devices"] = dict(entry.mig_devices)
-    return data
-
-
-def to_document(config_file: MigConfigFile) -> dict[str, Any]:
-    """The file as plain data (what :func:`dump_json` writes)."""
-    document: dict[str, Any] = {"version": "v1"}
-    if config_file.configs:
-        document["mig-configs"] = {
-            name: [_entry_dict(e) for e in entries] for name, entries in config_file.configs.items()
-        }
-    return document
-
-
-def dump_json(config_file: MigConfigFile) -> str:
-    """The file as indented JSON (which is also valid v1 YAML)."""
-    return (
-        _escape_for_yaml(json.dumps(to_document(config_file), indent=2, ensure_ascii=False)) + "\n"
-    )
-
-
-_PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+/-]*")
-# Characters a YAML reader refuses, or reads as line breaks, even inside quotes.
-_YAML_UNSAFE = re.compile(
-    "[^\x09\x0a\x0d\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
-)
-
-
-def _escape_for_yaml(text: str) -> str:
-    """JSON text with every character YAML would refuse written as a \\uXXXX escape."""
-    return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-
-
-def _quote(text: str) -> str:
-    """A double-quoted scalar that JSON and YAML both read back as ``text``."""
-    return _escape_for_yaml(json.dumps(text, ensure_ascii=False))
-
-
-def _yaml_str(text: str) -> str:
-    """``text`` as a YAML scalar that loads back as the same string."""
-    if _PLAIN.fullmatch(text) and not text.endswith(":"):
-        loaded = yaml.load(text, Loader=_Loader)
-        if loaded == text:
-            return text
-    return _quote(text)
-
-
-def _flow(values: list[str]) -> str:
-    return "[" + ", ".join(values) + "]"
-
-
-def dump_yaml(config_file: MigConfigFile) -> str:
-    """The file as YAML in mig-parted's layout, with flow style for devices and filters."""
-    lines = ["version: v1"]
-    if config_file.configs:
-        lines.append("mig-configs:")
-    for name, entries in config_file.configs.items():
-        lines.append(f"  {_yaml_str(name)}:")
-        for entry in entries:
-            body: list[str] = []
-            if entry.device_filters:
-                rendered = [_quote(str(f)) for f in entry.device_filters]
-                body.append(
-                    f"device-filter: {rendered[0] if len(rendered) == 1 else _flow(rendered)}"
-                )
-            devices = "all" if entry.devices == "all" else _flow([str(i) for i in entry.devices])
-            body.append(f"devices: {devices}")
-            body.append(f"mig-enabled: {'true' if entry.mig_enabled else 'false'}")
-            if entry.mig_enabled:
-                if entry.mig_devices:
-                    body.append("mig-devices:")
-                    body.extend(
-                        f"  {_yaml_str(profile)}: {count}"
-                        for profile, count in entry.mig_devices.items()
-                    )
-                else:
-                    body.append("mig-devices: {}")
-            lines.append(f"    - {body[0]}")
-            lines.extend(f"      {line}" for line in body[1:])
-    return "\n".join(lines) + "\n"
-
-
-def iter_entries(config_file: MigConfigFile) -> Iterator[tuple[str, int, ConfigEntry]]:
-    """Every ``(config name, entry index, entry)`` in file order."""
-    for name, entries in config_file.configs.items():
-        for k, entry in enumerate(entries):
-            yield name, k, entry
