@@ -304,6 +304,7 @@ class Agent:
             "DEFAULT_GPU_CLIENTS_NAMESPACE": NAMESPACE,
             "POD_NAMESPACE": NAMESPACE,
             "POD_NAME": f"migkit-agent-{node}",
+            "POD_UID": str(uuid.uuid5(uuid.NAMESPACE_DNS, node)),
             "HOST_ROOT_MOUNT": str(workdir / "hostroot"),
             "MIGKIT_AGENT_HOST_EXEC": f"{sys.executable} {HERE / 'fake_host.py'}",
             "FAKE_HOST_DIR": str(self.host_dir),

@@ -83,6 +83,8 @@ def test_walkthroughs_by_label(cluster: dict[str, Any], core: Any, make_node: An
     assert reasons == ["MigConfigPending", "MigConfigApplied"] * 4
     cm = core.read_namespaced_config_map(f"{node.name}-mig-config", NAMESPACE)
     assert "all-balanced" in cm.data["config.yaml"]
+    owner = cm.metadata.owner_references[0]
+    assert (owner.kind, owner.name, owner.uid) == ("Pod", agent.env["POD_NAME"], agent.env["POD_UID"])
     assert agent.metric('migkit_agent_reconfigurations_total{result="success"}') == 4
     assert agent.stop() == 0
 
@@ -147,7 +149,7 @@ def test_invalid_or_infeasible_config_fails_without_disruption(
         set_label(core, node.name, name)
         wait_for(f"{name} failed", lambda n=name: any(
             r == "MigConfigFailed" and repr(n) in m for _, r, m in events(core, node.name)))
-        assert node_labels(core, node.name)[STATE] == "failed"
+        wait_state(core, node.name, "failed")  # the Event comes just before the label
         message = next(m for _, r, m in events(core, node.name) if r == "MigConfigFailed" and repr(name) in m)
         assert why in message and "valid-config" in message
     assert not was_paused(rec.labels_seen(), mark)
@@ -526,3 +528,28 @@ def _refused(core: Any, node: str) -> bool:
     except ApiException as err:
         return bool(err.status in (400, 403, 422))
     return False
+
+
+def test_per_node_config_map_follows_the_hardware(
+    cluster: dict[str, Any], core: Any, make_node: Any, agents: list[Agent]
+) -> None:
+    """Without CONFIG_FILE the agent runs and publishes this node's generated config in
+    `<node>-mig-config`, and rewrites it when the GPUs change."""
+    node = make_node()
+    rec = node.operator()
+    agent = Agent(node.workdir, node.name, cluster["kubeconfig"], node.state)
+    agents.append(agent.start())
+    mark = rec.mark()
+    set_label(core, node.name, "all-disabled")
+    wait_terminal(rec, mark, want="success")
+    name = f"{node.name}-mig-config"
+    assert "1g.10gb" in core.read_namespaced_config_map(name, NAMESPACE).data["config.yaml"]
+    simulator.write_state(node.state, "8xh200-141gb")  # the node's GPUs were replaced
+    mark = rec.mark()
+    core.patch_node(node.name, {"metadata": {"annotations": {RETRY: "hardware"}}})
+    wait_for("the new config", lambda: "1g.18gb" in core.read_namespaced_config_map(name, NAMESPACE).data[
+        "config.yaml"])
+    set_label(core, node.name, "all-1g.18gb")
+    wait_terminal(rec, mark, want="success")
+    assert layout(node.state) == [(1, ("1g.18gb",) * 7)] * 8
+    assert agent.stop() == 0

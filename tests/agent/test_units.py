@@ -153,3 +153,14 @@ def test_host_state_file_is_written_as_upstream_writes_it(tmp_path: pathlib.Path
     with pytest.raises(HostError, match="daemon-reload"):
         host.write_selected_config(drop_in, "all-1g.10gb")
     assert "all-balanced" in path.read_text()
+
+
+def test_health_is_not_stale_while_reconfiguring() -> None:
+    """A worker busy in a long reconfiguration stays healthy; an idle one that stopped beating does not."""
+    from migkit.agent.observe import Health
+
+    health = Health(stale_after=0.0)
+    health.beat("worker")
+    assert health.healthy()[0] is False
+    health.busy.add("worker")
+    assert health.healthy() == (True, "ok")

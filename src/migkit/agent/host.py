@@ -108,9 +108,8 @@ class Host:
     def write_selected_config(self, state_file: str, selected: str) -> bool:
         """Write the host drop-in selecting ``selected`` if the host has one; True when written.
 
-        The systemd reload runs before the file is replaced is not possible (the reload reads it),
-        so a failed reload restores the previous content: the file never names a config the host
-        did not take.
+        systemd reads the file when it reloads, so the file is written first; a failed reload puts
+        the previous content back, so the file never names a config the host did not take.
         """
         path = os.path.join(self.root, state_file.lstrip("/"))
         if not os.path.exists(path):

@@ -96,13 +96,15 @@ class Health:
     ready: threading.Event = attrs.Factory(threading.Event)
     beats: dict[str, float] = attrs.Factory(dict)
     stale_after: float = 120.0
+    # A reconfiguration may wait minutes (operand timeouts, a drain): the worker is not stale then.
+    busy: set[str] = attrs.Factory(set)
 
     def beat(self, who: str) -> None:
         self.beats[who] = time.monotonic()
 
     def healthy(self) -> tuple[bool, str]:
         now = time.monotonic()
-        stale = [w for w, t in self.beats.items() if now - t > self.stale_after]
+        stale = [w for w, t in self.beats.items() if now - t > self.stale_after and w not in self.busy]
         return (not stale, "stale: " + ", ".join(stale) if stale else "ok")
 
 

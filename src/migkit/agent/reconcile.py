@@ -438,6 +438,7 @@ class Reconciler:
             self._paused = False
 
     def _fail(self, selected: str, failure: StepFailed, handled_retry: Mapping[str, str] | None) -> Outcome:
+        disrupted = self._paused or bool(self._stopped_services) or self._cordoned
         message = f"MIG config {selected!r} not applied: {failure.step}: {failure}"
         log.error("%s", message, extra={"step": failure.step})
         problems = self._restart_services()
@@ -458,4 +459,4 @@ class Reconciler:
                     break
                 log.warning("recording the failure: %s; retrying", err)
                 time.sleep(1.0)
-        return Outcome(L.STATE_FAILED, failure.step, message, disrupted=self._paused)
+        return Outcome(L.STATE_FAILED, failure.step, message, disrupted=disrupted)

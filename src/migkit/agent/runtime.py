@@ -186,7 +186,12 @@ def run_agent(settings: Settings) -> int:
         log.info("reconfiguring to %r (%s)", selected, trigger.value, extra={"config": selected})
         config, error = source.load()
         retry = annotations.get(L.RETRY_ANNOTATION)
-        outcome = reconciler.run(selected, config, error, retry)
+        health.busy.add("worker")
+        try:
+            outcome = reconciler.run(selected, config, error, retry)
+        finally:
+            health.busy.discard("worker")
+            health.beat("worker")
         log.info("reconfiguration to %r ended %s in %.2fs", selected, outcome.state, outcome.seconds,
                  extra={"config": selected, "result": outcome.state, "seconds": round(outcome.seconds, 3)})
         handled = Handled(selected, retry, digest, True)
