@@ -71,10 +71,11 @@ def main(command: str, argv: Sequence[str]) -> int:
         if args.max_failures < 0 or args.timeout <= 0:
             print("migkit rollout: error: --max-failures must be 0 or more and --timeout above 0", file=sys.stderr)
             return 2
+    prog = "migkit rollout" if command == "rollout" else f"migkit cluster {args.view}"
     try:
         cluster = Cluster.connect(args.kubeconfig)
     except Exception as err:  # the client raises several unrelated types for a bad kubeconfig
-        print(f"migkit {command}: error: cannot load the cluster configuration: {err}", file=sys.stderr)
+        print(f"{prog}: error: cannot load the cluster configuration: {err}", file=sys.stderr)
         return 2
     if command == "rollout":
         from migkit.fleet import rollout
