@@ -71,7 +71,7 @@ def test_rollout_in_waves_reaches_success_on_every_node(harness: Harness) -> Non
         assert fleet.annotations(name)[RETRY_ANNOTATION] == progress["token"]
         runs = fleet.outcomes()[name]
         assert runs[-1]["config"] == "all-balanced" and runs[-1]["result"] == "success"
-    assert in_flight_peak(fleet, mark, "all-balanced") == 5
+    assert 1 < in_flight_peak(fleet, mark, "all-balanced") <= 5  # a wave changes together, never more
 
 
 def test_faults_stop_the_rollout_after_max_failures_and_leave_later_waves_untouched(harness: Harness) -> None:
