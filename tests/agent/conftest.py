@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("kubernetes", reason="the agent tests need the k8s extra: pip install '.[test]'")
+if os.environ.get("CI") != "true":  # under CI the test extra is installed: a missing client fails
+    pytest.importorskip("kubernetes", reason="the agent tests need the k8s extra: pip install '.[test]'")
 
 import yaml
 from agent_kit import NAMESPACE, ROOT, NodeRecorder, generated_config

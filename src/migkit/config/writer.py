@@ -10,6 +10,7 @@ everything else in block style, and quotes every string that a YAML reader of up
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,10 +40,17 @@ def _represent_flow_list(dumper: yaml.SafeDumper, data: _FlowList) -> yaml.Node:
     return dumper.represent_sequence(TAG + "seq", data, flow_style=True)
 
 
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
+
+
 def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
     # PyYAML quotes what YAML 1.1 would misread; go-yaml v2 also reads y/n and 1e3 as non-strings.
     if GO_YAML_BOOL.match(data) or GO_YAML_FLOAT.match(data):
         return dumper.represent_scalar(TAG + "str", data, style="'")
+    # Anything beyond printable ASCII goes double-quoted, where the emitter escapes what a
+    # reader would take for a line break or refuse (NEL, U+2028, a BOM, control characters).
+    if not _PRINTABLE_ASCII.fullmatch(data):
+        return dumper.represent_scalar(TAG + "str", data, style='"')
     return dumper.represent_str(data)
 
 
