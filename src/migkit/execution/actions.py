@@ -25,6 +25,7 @@ __all__ = [
     "matches",
     "plan_actions",
     "plan_targets",
+    "restore_actions",
 ]
 
 
@@ -136,6 +137,46 @@ def exact_actions(gpu: GpuState, wanted: Sequence[Any]) -> GpuActions:
     return GpuActions(tuple(destroy_cis), tuple(destroy_gis), create_gis, create_cis)
 
 
+def restore_actions(now: GpuState, before: GpuState | None) -> GpuActions:
+    """The fewest changes that take ``now`` back to ``before``'s instances (None: no instances).
+
+    GPU instances are matched by profile and placement, compute instances inside a matched
+    GPU instance likewise: what ``before`` lacks is destroyed, what it has and ``now`` lacks
+    is created at its placement. Ids are not compared (a re-created instance gets a new one).
+    """
+    wanted: dict[tuple[int, Placement], Any] = {}
+    if before is not None and before.mig_enabled:
+        wanted = {(gi.profile_id, gi.placement): gi for gi in before.gpu_instances}
+    destroy_cis: list[tuple[int, int]] = []
+    destroy_gis: list[int] = []
+    create_gis: list[tuple[int, Placement]] = []
+    create_cis: list[tuple[Placement, int, Placement]] = []
+    matched: set[tuple[int, Placement]] = set()
+    for gi in now.gpu_instances:
+        key = (gi.profile_id, gi.placement)
+        want = wanted.get(key)
+        if want is None or key in matched:
+            destroy_cis.extend((gi.id, ci.id) for ci in gi.compute_instances)
+            destroy_gis.append(gi.id)
+            continue
+        matched.add(key)
+        missing = [(ci.profile_id, ci.placement) for ci in want.compute_instances]
+        for ci in gi.compute_instances:
+            if (ci.profile_id, ci.placement) in missing:
+                missing.remove((ci.profile_id, ci.placement))
+            else:
+                destroy_cis.append((gi.id, ci.id))
+        create_cis.extend((gi.placement, pid, pl) for pid, pl in missing)
+    for key, want in wanted.items():
+        if key in matched:
+            continue
+        create_gis.append(key)
+        create_cis.extend(
+            (want.placement, ci.profile_id, ci.placement) for ci in want.compute_instances
+        )
+    return GpuActions(tuple(destroy_cis), tuple(destroy_gis), tuple(create_gis), tuple(create_cis))
+
+
 def clear_actions(gpu: GpuState) -> GpuActions:
     """Destroy every instance of ``gpu``."""
     return GpuActions(
@@ -179,6 +220,9 @@ def matches(
     want = target.desired_mode
     if want is None:
         return True, ""
+    if gpu.unknown:
+        # A fact behind a failed read is unknown; an unknown never matches.
+        return False, "its state is unknown: " + "; ".join(gpu.unknown)
     if gpu.mig_mode != want:
         word = "enabled" if want else "disabled"
         reason = f"MIG mode is {'enabled' if gpu.mig_mode else 'disabled'}, wanted {word}"
