@@ -155,6 +155,29 @@ def test_apply_refuses_a_gpu_with_a_failed_read_before_any_change(
     assert mutations(state) == 0
 
 
+@pytest.mark.parametrize("look", ["first", "under the lock"])
+def test_a_read_failing_before_any_change_exits_2_naming_it(
+    tmp_path: Path, config_file: str, look: str
+) -> None:
+    """A read that fails in the first look or in the look under the lock: exit 2, the call
+    named, no mutating call."""
+    function = "nvmlDeviceGetGpuInstances"
+    state = simulator.write_state(tmp_path / "n.state", "1xh100-80gb")
+    assert cli("--sim-state", state, "apply", "-f", config_file, "-c", "all-balanced")[0] == 0
+    start = simulator.stats(state).get(function, 0)
+    snapshot(state)
+    per_look = simulator.stats(state).get(function, 0) - start
+    before = mutations(state)
+    position = 1 if look == "first" else per_look + 1
+    code, out, err = cli(
+        "--sim-state", state, "apply", "-f", config_file, "-c", "five-1g-one-2g",
+        faults=f"{function}@{position}=UNKNOWN",
+    )
+    assert code == 2, out + err
+    assert function in out + err and "nothing was changed" in out + err
+    assert mutations(state) == before
+
+
 def test_assert_never_passes_on_an_unknown(tmp_path: Path, config_file: str) -> None:
     """A node that matches still fails assert when a read of a covered GPU failed."""
     state = simulator.write_state(tmp_path / "n.state", "2xh100-80gb")
@@ -479,6 +502,8 @@ def test_read_fault_sweep(tmp_path: Path, config_file: str, scenario: tuple[str,
         for case in unnamed
         if f"{case.split('@')[0]}={case.split('=')[1]}" not in SNAPSHOT_SWALLOWS
     )
+    print(f"read-fault sweep {first}->{target}: {trials} trials, {len(problems)} failures, "
+          f"{len(unnamed)} not named ({failures_named} named)")
     assert not problems, "\n".join(problems)
     assert trials >= len(calls)
     assert failures_named > 0

@@ -121,6 +121,23 @@ def _fresh_snapshot(node: NodeLike, attempts: int = 3) -> tuple[GpuState, ...]:
     raise error
 
 
+class _Unreadable(Exception):
+    """The node could not be read before any change (the NVML error is the cause)."""
+
+
+def _read_before_change(node: NodeLike) -> tuple[GpuState, ...]:
+    try:
+        return node.snapshot()
+    except NvmlError as err:
+        raise _Unreadable(str(err)) from err
+
+
+def _refused_report(report: ApplyReport, why: str) -> ApplyReport:
+    report.refused = True
+    report.error = f"refused: reading the node failed ({why}); nothing was changed"
+    return report
+
+
 def _mode_word(mode: int | None) -> str:
     return "enabled" if mode else "disabled"
 
@@ -181,6 +198,8 @@ def _mode_phase(run: _Run, targets: Sequence[GpuTarget]) -> dict[int, GpuOutcome
         except ResetFailed as err:
             for gpu in pending:
                 finished[gpu.index] = run.roll_back(gpu, "the GPU reset failed", str(err))
+        else:
+            run.mode_changed.update(g.index for g in pending)
     return finished
 
 
@@ -487,7 +506,11 @@ def _locked(
     report = run.report
     # Plan again now that this apply holds the node: another one may have finished
     # between the first look and taking the lock.
-    gpus = run.node.snapshot()
+    try:
+        gpus = _read_before_change(run.node)
+    except _Unreadable as err:
+        _refused_report(report, str(err))
+        return
     targets = replan(gpus)
     unreadable = _unreadable(targets)
     if unreadable:
@@ -542,7 +565,13 @@ def apply(
     from migkit.hooks import apply_flag_env
 
     report = ApplyReport(streamed=progress is not None)
-    gpus = node.snapshot()
+    if dry_run:
+        gpus = node.snapshot()
+    else:
+        try:
+            gpus = _read_before_change(node)
+        except _Unreadable as err:
+            return _refused_report(report, str(err))
     if dry_run:
         node_plan = plan_node(config, name, gpus, strict_coverage=strict_coverage)
         node_plan.raise_for_errors()  # an infeasible config is an error, dry run or not
@@ -651,7 +680,10 @@ def restore(
     """Make the node match a checkpoint exactly (placements included); GPUs not in it are untouched."""
     from migkit.hooks import restore_flag_env
 
-    gpus = node.snapshot()
+    try:
+        gpus = _read_before_change(node)
+    except _Unreadable as err:
+        return _refused_report(ApplyReport(streamed=progress is not None), str(err))
 
     def targets_for(now: Sequence[GpuState]) -> Sequence[GpuTarget]:
         by_uuid = {g.uuid: g for g in saved.gpus}
