@@ -223,6 +223,33 @@ def test_a_read_failing_after_the_mode_change_rolls_the_gpu_back(
     assert not gpus[1].mig_enabled and not gpus[1].gpu_instances
 
 
+@attrs.define
+class FailingReads(UnknownReads):
+    """A node whose snapshots from the ``after``-th to the ``until``-th raise an NVML error."""
+
+    def snapshot(self) -> tuple[GpuState, ...]:
+        from migkit.errors import NvmlError
+
+        self.snapshots += 1
+        if self.after <= self.snapshots <= self.until:
+            raise NvmlError(999, call="nvmlDeviceGetGpuInstances")
+        return self.node.snapshot()
+
+
+def test_node_unreadable_after_the_mode_change_rolls_the_mode_back(
+    tmp_path: Path, config_file: str
+) -> None:
+    """When no read succeeds after the mode phase, every GPU whose mode changed is set back
+    (the rollback's own read succeeds) and the run exits 1 naming the call."""
+    state = simulator.write_state(tmp_path / "n.state", "2xh100-80gb")
+    with migkit.open_node(sim_state=state) as node:
+        report = apply(FailingReads(node, {}, after=3, until=5), load_config(config_file), "all-balanced")
+    assert report.exit_code == 1
+    assert [o.status for o in report.outcomes] == ["restored", "restored"]
+    assert "nvmlDeviceGetGpuInstances" in report.summary()
+    assert all(not g.mig_enabled and not g.gpu_instances for g in snapshot(state))
+
+
 def test_a_gpu_that_stays_unreadable_is_reported_in_neither_layout(
     tmp_path: Path, config_file: str
 ) -> None:

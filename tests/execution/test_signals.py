@@ -72,9 +72,9 @@ def _mutations(state: str) -> dict[str, int]:
     return {name: counts.get(name, 0) for name in MUTATING}
 
 
-def _start(state: str, config: str, name: str) -> subprocess.Popen[str]:
+def _start(state: str, command: tuple[str, ...]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "migkit", "--sim-state", state, "apply", "-f", config, "-c", name],
+        [sys.executable, "-m", "migkit", "--sim-state", state, *command],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -113,13 +113,21 @@ def _take_lock_when_free(lock: Path, proc: subprocess.Popen[str], state: str) ->
         os.close(fd)
 
 
-def _trial(tmp_path: Path, base: str, config: str, sig: int, delay: float, second: int | None = None) -> str:
+def _trial(
+    tmp_path: Path,
+    base: str,
+    config: str,
+    sig: int,
+    delay: float,
+    second: int | None = None,
+    command: tuple[str, ...] | None = None,
+) -> str:
     state = str(tmp_path / "t.state")
     Path(state).write_text(Path(base).read_text())
     for leftover in tmp_path.glob("t.state.*"):
         leftover.unlink()
     before = _layouts(state)
-    proc = _start(state, config, "all-balanced")
+    proc = _start(state, command or ("apply", "-f", config, "-c", "all-balanced"))
     lock = Path(state + ".apply.lock")
     _wait_for_lock(lock, proc)
     time.sleep(delay)
@@ -132,7 +140,7 @@ def _trial(tmp_path: Path, base: str, config: str, sig: int, delay: float, secon
     at_release = _take_lock_when_free(lock, proc, state)
     out, err = proc.communicate(timeout=120)
     after = _mutations(state)
-    assert at_release == after, (
+    assert at_release is not None and at_release == after, (
         f"signal {sig} after {delay:.3f}s: NVML changes after the lock was freed: "
         f"{at_release} -> {after}\n{out}{err}"
     )
@@ -208,3 +216,27 @@ def test_interrupted_apply_is_completed_by_a_rerun(tmp_path: Path, node: tuple[s
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert _layouts(state) == TARGET
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_restore_keeps_the_lock_and_rolls_back(
+    tmp_path: Path, node: tuple[str, str], sig: int
+) -> None:
+    """restore from a checkpoint is interrupted like apply: lock held to the last change, each
+    GPU at its previous layout or at the checkpoint's."""
+    base, config = node
+    checkpoint = tmp_path / "saved.json"
+    reference = str(tmp_path / "ref.state")
+    done = subprocess.run(
+        [sys.executable, "-m", "migkit", "--sim-state", reference, "checkpoint", "-f", str(checkpoint)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    rng = random.Random(f"restore/{sig}")
+    outcomes = [
+        _trial(tmp_path, base, config, sig, rng.uniform(0.05, 0.4), command=("restore", "-f", str(checkpoint)))
+        for _ in range(2)
+    ]
+    assert "interrupted" in outcomes

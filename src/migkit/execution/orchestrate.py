@@ -398,7 +398,22 @@ def _converge(
     if not all(t.mode_matches for t in targets):
         runner.run("pre-apply-mode")
         finished = _mode_phase(run, targets)
-        targets = replan(_fresh_snapshot(node))
+        try:
+            now = _fresh_snapshot(node)
+        except MigkitError as err:
+            # Nothing can be planned from here: bring back every GPU whose mode changed.
+            for t in targets:
+                if t.gpu.index in finished:
+                    continue
+                finished[t.gpu.index] = (
+                    run.roll_back(t.gpu, "the node could not be read after the mode change", str(err))
+                    if t.gpu.index in run.mode_changed
+                    else GpuOutcome(t.gpu.index, t.gpu.name, NOT_ATTEMPTED, "the node could not be read")
+                )
+            report.outcomes.extend(finished[t.gpu.index] for t in targets)
+            report.error = f"reading the node after the mode change failed: {err}"
+            return
+        targets = replan(now)
         unreadable = [t for t in _unreadable(targets) if t.gpu.index not in finished]
         for t in unreadable:
             finished[t.gpu.index] = (
