@@ -14,6 +14,8 @@ from typing import Any
 
 import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import migkit
 from migkit import simulator
@@ -24,6 +26,7 @@ from migkit.execution.orchestrate import apply, assert_config, restore
 from migkit.execution.report import describe_gpu
 from migkit.execution.transaction import layout_key
 from migkit.models import GpuState
+from strategies import random_layouts
 
 MUTATING = (
     "nvmlDeviceSetMigMode",
@@ -293,6 +296,76 @@ def test_restore_actions_take_any_layout_back() -> None:
     assert sorted((p.start, cp) for p, cp, _ in actions.create_cis) == [(0, 2), (6, 0)]
     assert restore_actions(before, before).empty
     assert layout_key(before) != layout_key(now)
+
+
+H100 = migkit.gpu_model("h100-80gb")
+
+
+def _set_layout(node: migkit.Node, enabled: bool, layout: tuple[tuple[str, int], ...]) -> None:
+    """Put GPU 0 of ``node`` in MIG mode ``enabled`` with ``layout`` (each GI holding one
+    GI-wide compute instance), whatever it had."""
+    from migkit.execution.actions import clear_actions
+    from migkit.execution.transaction import execute_gpu
+    from migkit.models import Placement
+    from migkit.nvml.node import ComputeInstanceRequest, GpuInstanceRequest, MigModeRequest
+    from strategies import full_ci_instance
+
+    (gpu,) = node.snapshot()
+    if gpu.mig_enabled:
+        execute_gpu(node, gpu, clear_actions(gpu))
+    (result,) = node.set_mig_mode([MigModeRequest(0, int(enabled))])
+    assert result.ok
+    if not enabled:
+        return
+    wanted = [full_ci_instance(H100, name, start, gi_id=0) for name, start in layout]
+    created = node.create_gpu_instances(
+        [GpuInstanceRequest(0, gi.profile_id, Placement(gi.start, gi.size)) for gi in wanted]
+    )
+    assert all(r.ok for r in created)
+    cis = node.create_compute_instances(
+        [
+            ComputeInstanceRequest(0, r.gpu_instance, ci.profile_id, Placement(ci.start, ci.size))
+            for r, gi in zip(created, wanted, strict=True)
+            for ci in gi.compute_instances
+            if r.gpu_instance is not None
+        ]
+    )
+    assert all(r.ok for r in cis)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    before_enabled=st.booleans(),
+    before=random_layouts(H100),
+    now_enabled=st.booleans(),
+    now=random_layouts(H100),
+    drop_ci=st.booleans(),
+)
+def test_restore_gpu_brings_any_state_back(
+    before_enabled: bool,
+    before: tuple[tuple[str, int], ...],
+    now_enabled: bool,
+    now: tuple[tuple[str, int], ...],
+    drop_ci: bool,
+) -> None:
+    """From any MIG mode and layout, restore_gpu returns the GPU to any earlier mode and layout
+    (instances at their placements), verified by a fresh read."""
+    from migkit.execution.transaction import restore_gpu
+
+    with migkit.open_node(simulate="1xh100-80gb") as node:
+        _set_layout(node, before_enabled, before)
+        (earlier,) = node.snapshot()
+        _set_layout(node, now_enabled, now)
+        (current,) = node.snapshot()
+        if drop_ci and current.gpu_instances:  # a GPU instance left without its compute instance
+            from migkit.nvml.node import ComputeInstanceRef
+
+            gi = current.gpu_instances[0]
+            node.destroy_compute_instances([ComputeInstanceRef(0, gi.id, gi.compute_instances[0].id)])
+        result = restore_gpu(node, earlier)
+        (after,) = node.snapshot()
+    assert result.ok, result.problems
+    assert layout_key(after) == layout_key(earlier)
 
 
 @pytest.mark.parametrize(
