@@ -191,6 +191,9 @@ def test_assert_never_passes_on_an_unknown(tmp_path: Path, config_file: str) -> 
         result = assert_config(UnknownReads(node, {0: (PROCESS_READ,)}), config, "all-balanced")
     assert not result.ok
     assert PROCESS_READ in result.summary()
+    with migkit.open_node(sim_state=state) as node:
+        valid = assert_config(UnknownReads(node, {0: (PROCESS_READ,)}), config, "all-balanced", valid_only=True)
+    assert not valid.ok and PROCESS_READ in valid.summary()
 
 
 def test_restore_refuses_a_gpu_with_a_failed_read(tmp_path: Path, config_file: str) -> None:

@@ -661,6 +661,12 @@ def assert_config(
         )
         return AssertResult(False, unknown, warnings, valid_only=valid_only)
     if valid_only:
+        unknown = tuple(
+            f"GPU {t.gpu.index}: its state is unknown: {'; '.join(t.gpu.unknown)}"
+            for t in _unreadable(targets)
+        )
+        if unknown:
+            return AssertResult(False, unknown, warnings, valid_only=True)
         return AssertResult(True, ("configuration is valid for this node",), warnings, valid_only=True)
     lines = []
     ok = True

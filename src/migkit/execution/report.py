@@ -154,7 +154,11 @@ class AssertResult:
     def summary(self) -> str:
         head = [f"warning: {w}" for w in self.warnings]
         if self.valid_only:
-            tail = ["Selected MIG configuration is valid"]
+            tail = [
+                "Selected MIG configuration is valid"
+                if self.ok
+                else "Validity unknown: a GPU of this node could not be read"
+            ]
         else:
             tail = [
                 "Selected MIG configuration currently applied"
