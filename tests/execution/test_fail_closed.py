@@ -230,6 +230,43 @@ def test_a_read_failing_after_the_mode_change_rolls_the_gpu_back(
 
 
 @attrs.define
+class HiddenInstances(UnknownReads):
+    """A node whose first ``until`` snapshots miss GPU 0's instances at ``starts`` (a read
+    that went wrong without saying so)."""
+
+    starts: tuple[int, ...] = ()
+
+    def snapshot(self) -> tuple[GpuState, ...]:
+        self.snapshots += 1
+        gpus = self.node.snapshot()
+        if self.snapshots > self.until:
+            return gpus
+        first = gpus[0]
+        kept = tuple(gi for gi in first.gpu_instances if gi.start not in self.starts)
+        return (attrs.evolve(first, gpu_instances=kept), *gpus[1:])
+
+
+def test_rollback_never_removes_an_instance_the_run_did_not_create(
+    tmp_path: Path, config_file: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An instance missing from the state read before the change is left alone by the
+    rollback, and the GPU is reported failed rather than restored."""
+    state = simulator.write_state(tmp_path / "n.state", "1xh100-80gb")
+    assert cli("--sim-state", state, "apply", "-f", config_file, "-c", "all-balanced")[0] == 0
+    (gpu,) = snapshot(state)
+    three = next(gi for gi in gpu.gpu_instances if gi.profile == "3g.40gb")
+    monkeypatch.setenv("MIGKIT_SIM_FAULTS", "nvmlGpuInstanceCreateComputeInstanceWithPlacement@1=UNKNOWN")
+    with migkit.open_node(sim_state=state) as node:
+        hidden = HiddenInstances(node, {}, until=2, starts=(three.start,))
+        report = apply(hidden, load_config(config_file), "all-3g.40gb")
+    monkeypatch.delenv("MIGKIT_SIM_FAULTS")
+    (after,) = snapshot(state)
+    assert any(gi.id == three.id and gi.compute_instances for gi in after.gpu_instances)
+    (outcome,) = report.outcomes
+    assert outcome.status == "failed" and "did not create" in outcome.detail
+
+
+@attrs.define
 class FailingReads(UnknownReads):
     """A node whose snapshots from the ``after``-th to the ``until``-th raise an NVML error."""
 
@@ -501,11 +538,17 @@ SCENARIOS = (
 # (function=error) pairs that the snapshot of this version reads as a fact instead of as a
 # failed read: NOT_SUPPORTED from nvmlDeviceGetMigMode reads as "this GPU has no MIG" (so the
 # GPU is skipped and the apply can even exit 0 with it untouched), and NOT_SUPPORTED from the
-# v3 profile-info call falls back to older calls. The apply layer cannot name a read that
+# v3 profile-info calls drops that profile, so the snapshot silently lacks its instances.
+# Rollback then leaves those instances alone (this run did not create them) and reports the
+# GPU failed; the failed read cannot be named. The apply layer cannot name a read that
 # never reaches it; once the snapshot records these in GpuState.unknown this set must be
 # emptied (every other pair is held to the full contract).
 SNAPSHOT_SWALLOWS: frozenset[str] = frozenset(
-    {"nvmlDeviceGetMigMode=NOT_SUPPORTED", "nvmlDeviceGetGpuInstanceProfileInfoV=NOT_SUPPORTED"}
+    {
+        "nvmlDeviceGetMigMode=NOT_SUPPORTED",
+        "nvmlDeviceGetGpuInstanceProfileInfoV=NOT_SUPPORTED",
+        "nvmlGpuInstanceGetComputeInstanceProfileInfoV=NOT_SUPPORTED",
+    }
 )
 
 

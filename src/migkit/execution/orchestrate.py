@@ -22,6 +22,7 @@ import attrs
 from migkit.config import MigConfigFile
 from migkit.errors import ApplyError, ConfigError, MigkitError, NvmlError, ResetFailed
 from migkit.execution.actions import (
+    CreatedKey,
     GpuTarget,
     clear_actions,
     gi_signature,
@@ -69,6 +70,8 @@ class _Run:
     skip_reset: bool
     before: dict[int, GpuState] = attrs.Factory(dict)
     mode_changed: set[int] = attrs.Factory(set)
+    # per GPU, the instances this run may have created (rollback removes only those)
+    created: dict[int, frozenset[CreatedKey]] = attrs.Factory(dict)
 
     def touch(self) -> None:
         self.report.touched = True
@@ -76,7 +79,12 @@ class _Run:
     def roll_back(self, gpu: GpuState, why: str, error: str | None = None) -> GpuOutcome:
         """Bring the GPU back to its state before this run (mode included), from a fresh read."""
         before = self.before.get(gpu.index, gpu)
-        result = restore_gpu(self.node, before, allow_reset=not self.skip_reset)
+        result = restore_gpu(
+            self.node,
+            before,
+            allow_reset=not self.skip_reset,
+            created=self.created.get(gpu.index, frozenset()),
+        )
         self.mode_changed.discard(gpu.index)
         state = describe_gpu(result.state) if result.state is not None else ""
         if result.ok:
@@ -221,6 +229,7 @@ def _apply_gpu(run: _Run, target: GpuTarget) -> GpuOutcome:
     try:
         execute_gpu(run.node, gpu, actions, stop=run.stop)
     except StepFailed as failure:
+        run.created[gpu.index] = frozenset(failure.journal.maybe_created)
         why = failure.what if failure.interrupted else f"failed {failure.what}"
         return run.roll_back(gpu, why, _error_text(failure))
     except MigkitError as err:

@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 
 from migkit.errors import MigkitError, NvmlError
-from migkit.execution.actions import GpuActions, restore_actions
+from migkit.execution.actions import CreatedKey, GpuActions, foreign_instances, restore_actions
 from migkit.execution.report import gi_text
 from migkit.models import GpuInstance, GpuState, Placement
 from migkit.nvml.node import NodeLike
@@ -65,10 +65,24 @@ class Journal:
     destroyed_gis: list[GpuInstance] = attrs.Factory(list)
     created_gis: list[tuple[int, Placement]] = attrs.Factory(list)  # (GI id, placement)
     created_cis: list[tuple[int, int]] = attrs.Factory(list)  # (GI id, CI id)
+    # Instances that may exist because of this run: created, or whose create call went
+    # through but whose reading back failed (so no id is known). Rollback may remove these.
+    maybe_created: set[CreatedKey] = attrs.Factory(set)
 
     @property
     def empty(self) -> bool:
         return not (self.destroyed_cis or self.destroyed_gis or self.created_gis or self.created_cis)
+
+
+def _may_exist(result: Any) -> bool:
+    """A create result after which the instance may exist: it succeeded, or the create call
+    itself went through and a later read (its id, its info) failed."""
+    if result.ok:
+        return True
+    if not result.attempted or result.error is None:
+        return False
+    call = getattr(result.error, "call", None) or ""
+    return bool(call) and "Create" not in call
 
 
 def _check(
@@ -149,6 +163,9 @@ def _execute(
             [GpuInstanceRequest(g, pid, placement) for pid, placement in actions.create_gis],
             stop_on_error=True,
         )
+        journal.maybe_created.update(
+            key for key, r in zip(actions.create_gis, gi_results, strict=True) if _may_exist(r)
+        )
 
         def created(r: Any) -> None:
             new_ids[r.request.placement] = r.gpu_instance
@@ -174,6 +191,9 @@ def _execute(
                 for gi_pl, pid, ci_pl in actions.create_cis
             ],
             stop_on_error=True,
+        )
+        journal.maybe_created.update(
+            key for key, r in zip(actions.create_cis, ci_results, strict=True) if _may_exist(r)
         )
         _check(
             ci_results,
@@ -233,15 +253,23 @@ def _note(problems: list[str], results: Sequence[Any], what: str) -> None:
 
 
 def restore_gpu(
-    node: NodeLike, before: GpuState, *, allow_reset: bool = True, attempts: int = 6
+    node: NodeLike,
+    before: GpuState,
+    *,
+    allow_reset: bool = True,
+    attempts: int = 6,
+    created: frozenset[CreatedKey] | None = None,
 ) -> Restoration:
     """Bring one GPU back to ``before`` (mode and instances at their placements).
 
     Each round reads the GPU afresh and does the next thing that differs: remove instances
     that were not there before, then set the MIG mode back (resetting the GPU when the
     change is pending and ``allow_reset``), then re-create what is missing. A read with an
-    unknown fact is never acted on; the round is retried. Returns ``ok`` only when a fresh
-    read shows the GPU as it was."""
+    unknown fact is never acted on; the round is retried. With ``created`` (what the run may
+    have created, see :func:`~migkit.execution.actions.created_keys`), an instance that
+    ``before`` lacks is removed only if the run may have made it: anything else is left
+    alone and reported, since ``before`` itself may have missed it. Returns ``ok`` only when a
+    fresh read shows the GPU as it was."""
     from migkit.nvml._binding import MigModeRequest
 
     problems: list[str] = []
@@ -266,7 +294,13 @@ def restore_gpu(
                 ):
                     node.reset_gpus([now])
             else:
-                _apply_best_effort(node, now, restore_actions(now, before), problems)
+                foreign = foreign_instances(now, before, created)
+                _apply_best_effort(node, now, restore_actions(now, before, created), problems)
+                if foreign:
+                    problems.append(
+                        "left alone, as this run did not create them: " + ", ".join(foreign)
+                    )
+                    break
         except MigkitError as err:
             problems.append(str(err))
     now = _read_gpu(node, before.index, problems)
@@ -320,9 +354,10 @@ def _apply_best_effort(
 
 def rollback_gpu(node: NodeLike, gpu: GpuState, journal: Journal | None = None) -> list[str]:
     """Bring ``gpu`` back to the state of its snapshot ``gpu``; the problems met (empty when a
-    fresh read shows it as it was). ``journal`` is not needed: the GPU is read afresh."""
-    del journal
-    result = restore_gpu(node, gpu)
+    fresh read shows it as it was). The GPU is read afresh; ``journal`` (of the failed run)
+    limits removals to what that run may have created."""
+    created = None if journal is None else frozenset(journal.maybe_created)
+    result = restore_gpu(node, gpu, created=created)
     if result.ok:
         return []
     return list(result.problems) or ["the GPU is not back at its previous layout"]
