@@ -293,6 +293,35 @@ def test_node_unreadable_after_the_mode_change_rolls_the_mode_back(
     assert all(not g.mig_enabled and not g.gpu_instances for g in snapshot(state))
 
 
+@attrs.define
+class MissingProfile(UnknownReads):
+    """A node whose snapshots from ``after`` to ``until`` lack the 1g.10gb profile (a profile
+    table read that went wrong without saying so)."""
+
+    def snapshot(self) -> tuple[GpuState, ...]:
+        self.snapshots += 1
+        gpus = self.node.snapshot()
+        if not self.after <= self.snapshots <= self.until:
+            return gpus
+        return tuple(
+            attrs.evolve(g, profiles=tuple(p for p in g.profiles if p.name != "1g.10gb")) for g in gpus
+        )
+
+
+def test_config_that_no_longer_plans_after_the_mode_change_rolls_the_mode_back(
+    tmp_path: Path, config_file: str
+) -> None:
+    """If the node stops planning after the mode phase (here: a profile missing from every
+    read), the modes are set back and the run exits 1, not 2: something was changed."""
+    state = simulator.write_state(tmp_path / "n.state", "2xh100-80gb")
+    with migkit.open_node(sim_state=state) as node:
+        report = apply(MissingProfile(node, {}, after=3, until=11), load_config(config_file), "all-balanced")
+    assert report.exit_code == 1 and report.touched
+    assert [o.status for o in report.outcomes] == ["restored", "restored"]
+    assert "1g.10gb" in (report.error or "")
+    assert all(not g.mig_enabled for g in snapshot(state))
+
+
 def test_a_gpu_that_stays_unreadable_is_reported_in_neither_layout(
     tmp_path: Path, config_file: str
 ) -> None:

@@ -146,6 +146,24 @@ def _refused_report(report: ApplyReport, why: str) -> ApplyReport:
     return report
 
 
+def _replan_after_change(
+    node: NodeLike,
+    replan: Callable[[Sequence[GpuState]], Sequence[GpuTarget]],
+    attempts: int = 3,
+) -> Sequence[GpuTarget]:
+    """Read and plan the node again after a change. The config was valid on the read before
+    the change, so an error now is most likely a bad read: it is retried from a fresh read,
+    and the last error raised when every try fails."""
+    error: MigkitError | None = None
+    for _ in range(attempts):
+        try:
+            return replan(_fresh_snapshot(node))
+        except MigkitError as err:
+            error = err
+    assert error is not None
+    raise error
+
+
 def _mode_word(mode: int | None) -> str:
     return "enabled" if mode else "disabled"
 
@@ -408,21 +426,21 @@ def _converge(
         runner.run("pre-apply-mode")
         finished = _mode_phase(run, targets)
         try:
-            now = _fresh_snapshot(node)
+            targets = _replan_after_change(node, replan)
         except MigkitError as err:
             # Nothing can be planned from here: bring back every GPU whose mode changed.
+            why = "the node could not be read or planned again after the mode change"
             for t in targets:
                 if t.gpu.index in finished:
                     continue
                 finished[t.gpu.index] = (
-                    run.roll_back(t.gpu, "the node could not be read after the mode change", str(err))
+                    run.roll_back(t.gpu, why, str(err))
                     if t.gpu.index in run.mode_changed
-                    else GpuOutcome(t.gpu.index, t.gpu.name, NOT_ATTEMPTED, "the node could not be read")
+                    else GpuOutcome(t.gpu.index, t.gpu.name, NOT_ATTEMPTED, why)
                 )
             report.outcomes.extend(finished[t.gpu.index] for t in targets)
-            report.error = f"reading the node after the mode change failed: {err}"
+            report.error = f"{why}: {err}"
             return
-        targets = replan(now)
         unreadable = [t for t in _unreadable(targets) if t.gpu.index not in finished]
         for t in unreadable:
             finished[t.gpu.index] = (
