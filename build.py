@@ -1,9 +1,11 @@
 """cffi build script: the NVML shim (API mode, out of line) and the NVML simulator.
 
 The shim's declarations are read from ``src/_nvml_shim.h`` so that its C helpers stay
-``static`` in ``src/_nvml_shim.c``. The simulator is built as a second extension whose
-only purpose is to be a shared library exporting the NVML symbols; its soname is
-``libnvidia-ml.so.1`` so that any NVML client in the same process finds it.
+``static`` in ``src/_nvml_shim.c``. The simulator (every ``.c`` file of ``src/_nvml_sim/``,
+sharing the internal header ``sim.h``) is built as a second extension whose only purpose is
+to be a shared library exporting the NVML symbols; its soname is ``libnvidia-ml.so.1`` so
+that any NVML client in the same process finds it, and everything but those symbols is
+hidden.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import cffi
 
 HERE = pathlib.Path(__file__).resolve().parent
 SRC = HERE / "src"
+SIM_DIR = SRC / "_nvml_sim"
 STRICT = ["-Wall", "-Wextra", "-Werror", "-O2", "-std=gnu11"]
 
 
@@ -43,7 +46,9 @@ sim_ffibuilder.cdef("")
 sim_ffibuilder.set_source(
     "migkit._nvml_sim",
     "",
-    sources=[str((SRC / "_nvml_sim.c").relative_to(HERE))],
+    sources=[str(path.relative_to(HERE)) for path in sorted(SIM_DIR.glob("*.c"))],
+    include_dirs=[str(SIM_DIR.relative_to(HERE))],
+    depends=[str((SIM_DIR / "sim.h").relative_to(HERE))],
     extra_compile_args=[*STRICT, "-fvisibility=hidden"],
     extra_link_args=["-Wl,-soname,libnvidia-ml.so.1"],
     libraries=["pthread"],

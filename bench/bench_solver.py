@@ -40,6 +40,7 @@ from migkit.models import GpuModel  # noqa: E402
 from migkit.planning import solver  # noqa: E402
 from migkit.planning.coverage import GpuCoverage  # noqa: E402
 from migkit.planning.plan import plan_gpu  # noqa: E402
+from migkit.planning.solver.compiled import compile_model  # noqa: E402
 from strategies import (  # noqa: E402 - the shared oracles live with the tests
     feasible_gi_counts,
     layout_instances,
@@ -76,7 +77,7 @@ def time_requests(
     times: list[float] = []
     feasible = 0
     wrong = 0
-    compiled = solver._compiled(model)
+    compiled = compile_model(model)
     for counts in requests:
         if clear_memo:
             compiled._memo.clear()

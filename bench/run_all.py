@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 HERE = pathlib.Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -27,6 +28,9 @@ BENCHMARKS = {
     "solver": ("bench_solver.py", [], []),
     "apply": ("bench_apply.py", [], ["--repeat", "1"]),
     "cli": ("bench_cli.py", [], ["--repeat", "5"]),
+    "config": ("bench_config.py", [], ["--repeat", "1"]),
+    # skips itself, with a line saying why, where nvidia-mig-parted or root is missing
+    "peer": ("bench_peer.py", [], ["--steps", "2", "--repeat", "1"]),
 }
 
 
@@ -47,6 +51,10 @@ def load(name: str) -> dict[str, object]:
 
 def rows() -> list[tuple[str, str, str, str]]:
     snap, solver, apply_, cli = load("snapshot"), load("solver"), load("apply"), load("cli")
+    config_rows = {row["megabytes"]: row for row in load("config")["rows"]}  # type: ignore[attr-defined]
+    biggest = config_rows[max(config_rows)]
+    smallest = config_rows[min(config_rows)]
+    per_mb = "/".join(f"{config_rows[mb]['migkit_s_per_mb']:.2f}" for mb in sorted(config_rows))
     ratios = snap["ratios"]  # type: ignore[index]
     s = solver["solve"]["first pass"]  # type: ignore[index]
     reconf = solver["reconfigurations"]  # type: ignore[index]
@@ -109,12 +117,58 @@ def rows() -> list[tuple[str, str, str, str]]:
             "lazy import",  # type: ignore[arg-type]
             ok(not cli["modules_loaded_by_version"]),
         ),
+        *peer_rows(),
         (
             "CLI start-up: migkit assert on 8 simulated GPUs / bare python",
             f"{cli['assert_over_bare']:.2f}x ({med(cli['assert_8_gpus_s']) * 1000:.0f} ms)",
             "-",
             "-",
         ),  # type: ignore[arg-type]
+        (
+            f"config load, {biggest['megabytes']:g} MB: migkit / PyYAML CSafeLoader",
+            f"{biggest['ratio']:.2f}x ({biggest['migkit_s']:.1f} s)",
+            "<= 1.5x",
+            ok(biggest["ratio"] <= 1.5),
+        ),
+        (
+            f"config load, s/MB at {'/'.join(f'{mb:g}' for mb in sorted(config_rows))} MB (linear)",
+            per_mb,
+            "flat (<= 2x)",
+            ok(biggest["migkit_s_per_mb"] <= 2 * smallest["migkit_s_per_mb"]),
+        ),
+    ]
+
+
+def peer_rows() -> list[tuple[str, str, str, str]]:
+    """migkit against nvidia-mig-parted (bench_peer.py), or the line saying why it was skipped."""
+    peer = load("peer")
+    if "skipped" in peer:
+        return [("migkit vs nvidia-mig-parted, 8 simulated H100s", f"skipped: {peer['skipped']}", "-", "-")]
+    steps: list[dict[str, Any]] = peer["steps"]  # type: ignore[assignment]
+    wall = [r["migkit"]["wall_ms"] / r["mig-parted"]["wall_ms"] for r in steps]
+    noop = [r for r in steps if r["migkit"]["mutating"] == 0 and r["mig-parted"]["mutating"] == 0]
+    cheaper = sum(r["migkit"]["reads_ms"] <= r["mig-parted"]["reads_ms"] for r in noop)
+    snap: dict[str, Any] = peer["snapshots"]  # type: ignore[assignment]
+    repeat_ms = snap["1xh100 repeated"][1]
+    return [
+        (
+            f"migkit / nvidia-mig-parted wall time, {len(steps)} commands on 8 H100s ({peer['latency_model']}), worst",
+            f"{max(wall):.2f}x",
+            "<= 0.5x",
+            "yes" if max(wall) <= 0.5 else "NO",
+        ),
+        (
+            "NVML read time, commands that change nothing: migkit <= nvidia-mig-parted",
+            f"{cheaper}/{len(noop)}",
+            "all",
+            "yes" if cheaper == len(noop) else "NO",
+        ),
+        (
+            f"repeated snapshot of one H100 ({peer['latency_model']})",
+            f"{repeat_ms:.3f} ms",
+            "<= 1 ms",
+            "yes" if repeat_ms <= 1 else "NO",
+        ),
     ]
 
 

@@ -1,12 +1,13 @@
 /*
  * migkit's NVML shim (see _nvml_shim.h for the API and the status conventions).
  *
- * The NVML declarations below are migkit's own, written from the layout tables in the
- * project's NVML fact sheet; static assertions pin every size and offset we rely on.
+ * The NVML declarations below are migkit's own, written from the struct layouts of NVIDIA's
+ * published nvml.h; static assertions pin every size and offset we rely on.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,16 +20,11 @@
 
 typedef int nv_return_t; /* a 4-byte enum in NVML */
 
+/* NV_SUCCESS, NV_NOT_FOUND, ...: every NVML return code, from the one list in the header. */
 enum {
-    NV_SUCCESS = 0,
-    NV_UNINITIALIZED = 1,
-    NV_INVALID_ARGUMENT = 2,
-    NV_NOT_SUPPORTED = 3,
-    NV_NOT_FOUND = 6,
-    NV_INSUFFICIENT_SIZE = 7,
-    NV_LIBRARY_NOT_FOUND = 12,
-    NV_FUNCTION_NOT_FOUND = 13,
-    NV_ARGUMENT_VERSION_MISMATCH = 25,
+#define SHIM_CODE_ENUM(code, name, text) NV_##name = code,
+    SHIM_NVML_RETURN_CODES(SHIM_CODE_ENUM)
+#undef SHIM_CODE_ENUM
 };
 
 enum {
@@ -208,6 +204,8 @@ _Static_assert(COUNT_OF(((shim_device_t *)0)->uuid) == SHIM_UUID_LEN, "limit");
 _Static_assert(COUNT_OF(((shim_device_t *)0)->name) == SHIM_NAME_LEN, "limit");
 _Static_assert(COUNT_OF(((shim_device_t *)0)->bus_id) == SHIM_BUS_ID_LEN, "limit");
 _Static_assert(COUNT_OF(((shim_device_t *)0)->failed_call) == SHIM_CALL_LEN, "limit");
+_Static_assert(COUNT_OF(((shim_device_t *)0)->unknown) == SHIM_MAX_UNKNOWN, "limit");
+_Static_assert(COUNT_OF(((shim_device_t *)0)->unknown[0]) == SHIM_UNKNOWN_LEN, "limit");
 _Static_assert(SHIM_MAX_GI_PROFILES == NV_GI_PROFILE_INDEX_COUNT, "every GI profile index fits");
 _Static_assert(SHIM_MAX_CI_PROFILE_INDICES == NV_CI_PROFILE_INDEX_COUNT, "CI profile indices");
 
@@ -444,37 +442,92 @@ int shim_has_symbol(const char *name)
     return handle != NULL && name != NULL && dlsym(handle, name) != NULL;
 }
 
+/* How many times this process has NVML open (inits that succeeded minus shutdowns): the kept
+ * tables live while it is open at least once, since a driver reloaded in between may differ. */
+static unsigned int g_nvml_opens;
+static pthread_mutex_t g_cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static void forget_tables_locked(int index);
+
 int shim_init(void)
 {
+    nv_return_t rc;
     if (!shim_is_loaded())
         return NV_LIBRARY_NOT_FOUND;
-    if (nv.init_with_flags != NULL)
-        return nv.init_with_flags(0);
-    return nv.init_v2();
+    rc = nv.init_with_flags != NULL ? nv.init_with_flags(0) : nv.init_v2();
+    if (rc == NV_SUCCESS) {
+        pthread_mutex_lock(&g_cache_lock);
+        g_nvml_opens++;
+        pthread_mutex_unlock(&g_cache_lock);
+    }
+    return rc;
 }
 
 int shim_shutdown(void)
 {
+    nv_return_t rc;
     if (!shim_is_loaded())
         return NV_LIBRARY_NOT_FOUND;
-    return nv.shutdown();
+    rc = nv.shutdown();
+    if (rc == NV_SUCCESS) {
+        pthread_mutex_lock(&g_cache_lock);
+        if (g_nvml_opens > 0 && --g_nvml_opens == 0)
+            forget_tables_locked(-1);
+        pthread_mutex_unlock(&g_cache_lock);
+    }
+    return rc;
+}
+
+static const struct {
+    int code;
+    const char *name;
+    const char *text;
+} g_return_codes[] = {
+#define SHIM_CODE_ROW(code, name, text) {code, #name, text},
+    SHIM_NVML_RETURN_CODES(SHIM_CODE_ROW)
+#undef SHIM_CODE_ROW
+};
+
+static int return_code_row(int code)
+{
+    unsigned int i;
+    for (i = 0; i < COUNT_OF(g_return_codes); i++)
+        if (g_return_codes[i].code == code)
+            return (int)i;
+    return -1;
+}
+
+const char *shim_error_name(int code)
+{
+    int row = return_code_row(code);
+    return row < 0 ? NULL : g_return_codes[row].name;
+}
+
+const char *shim_error_text(int code)
+{
+    int row = return_code_row(code);
+    return row < 0 ? NULL : g_return_codes[row].text;
+}
+
+int shim_return_code_at(unsigned int i)
+{
+    return i < COUNT_OF(g_return_codes) ? g_return_codes[i].code : -1;
 }
 
 const char *shim_error_string(int code)
 {
+    int row;
     if (code >= 0 && nv.error_string != NULL) { /* negative statuses are the shim's own */
         const char *text = nv.error_string(code);
         if (text != NULL)
             return text;
     }
     switch (code) {
-    case 0: return "Success";
-    case NV_LIBRARY_NOT_FOUND: return "NVML Shared Library Not Found";
-    case NV_FUNCTION_NOT_FOUND: return "Function Not Found";
     case SHIM_STATUS_READ_ONLY: return "Refused: MIGKIT_READ_ONLY is set";
     case SHIM_STATUS_NOT_ATTEMPTED: return "Not attempted: an earlier item failed";
-    default: return "Unknown Error";
+    default: break;
     }
+    row = return_code_row(code);
+    return row < 0 ? "Unknown Error" : g_return_codes[row].text;
 }
 
 int shim_read_only(void)
@@ -492,12 +545,81 @@ int shim_device_count(unsigned int *count)
 /* ------------------------------------------------------------------------------------------ */
 /* Snapshot                                                                                    */
 
+/* What never changes for one GPU while its UUID and MIG mode stay the same: its identity, its
+ * GPU-instance profiles with their placements, and the compute-instance profiles of each
+ * GPU-instance profile (read through a live GPU instance of it, so filled in as they appear).
+ * NVML documents the profile tables as properties of the GPU (possible placements do not
+ * depend on what is occupied); the MIG mode is read on every snapshot and a change drops the
+ * tables, a UUID change drops everything. Only reads that all succeeded are kept. */
+#define CACHE_MAX_CI_PROFILES 64
+typedef struct {
+    int valid;                    /* identity below is known */
+    char uuid[SHIM_UUID_LEN];
+    char name[SHIM_NAME_LEN];
+    char bus_id[SHIM_BUS_ID_LEN];
+    unsigned int pci_device_id;
+    unsigned int pci_subsystem_id;
+    unsigned int architecture;
+    unsigned long long memory_total;
+    int tables;                   /* profiles[] valid for mig_mode */
+    unsigned int mig_mode;
+    unsigned int profile_count;
+    shim_gi_profile_t profiles[SHIM_MAX_GI_PROFILES];
+    unsigned char ci_read[SHIM_MAX_GI_PROFILES]; /* CI profiles of profiles[k] are cached */
+    unsigned int ci_profile_count;
+    shim_ci_profile_t ci_profiles[CACHE_MAX_CI_PROFILES];
+} table_cache_t;
+
+static table_cache_t g_cache[SHIM_MAX_DEVICES];
+
+static void forget_tables_locked(int index)
+{
+    unsigned int i;
+    for (i = 0; i < SHIM_MAX_DEVICES; i++)
+        if (index < 0 || (unsigned int)index == i)
+            g_cache[i].valid = g_cache[i].tables = 0;
+}
+
+void shim_forget_tables(int index)
+{
+    pthread_mutex_lock(&g_cache_lock);
+    forget_tables_locked(index);
+    pthread_mutex_unlock(&g_cache_lock);
+}
+
 static void note(shim_device_t *d, const char *call, nv_return_t rc)
 {
     if (d->status != 0)
         return;
     d->status = rc;
     snprintf(d->failed_call, sizeof d->failed_call, "%s", call);
+}
+
+/* A read failed and the fact it was for is unknown: say which call, what for, and the error. */
+static void unknown(shim_device_t *d, const char *call, nv_return_t rc, const char *what, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void unknown(shim_device_t *d, const char *call, nv_return_t rc, const char *what, ...)
+{
+    char *line;
+    const char *name = shim_error_name(rc);
+    int n;
+    va_list args;
+    if (d->unknown_count++ >= SHIM_MAX_UNKNOWN)
+        return;
+    line = d->unknown[d->unknown_count - 1];
+    n = snprintf(line, SHIM_UNKNOWN_LEN, "%s (", call);
+    if (n < 0 || n >= SHIM_UNKNOWN_LEN)
+        return;
+    va_start(args, what);
+    n += vsnprintf(line + n, SHIM_UNKNOWN_LEN - (size_t)n, what, args);
+    va_end(args);
+    if (n < 0 || n >= SHIM_UNKNOWN_LEN)
+        return;
+    if (name != NULL)
+        snprintf(line + n, SHIM_UNKNOWN_LEN - (size_t)n, "): %s", name);
+    else
+        snprintf(line + n, SHIM_UNKNOWN_LEN - (size_t)n, "): error %d", rc);
 }
 
 static void copy_name(char *dst, const char *src, size_t cap)
@@ -597,26 +719,23 @@ static void snap_profiles(nv_device_t dev, shim_device_t *d)
         if (rc == NV_INVALID_ARGUMENT) /* past the driver's last profile index */
             break;
         if (rc != NV_SUCCESS) {
-            note(d, nv.gi_profile_info_v != NULL ? S_GIP_V : S_GIP_V1, rc);
+            unknown(d, nv.gi_profile_info_v != NULL ? S_GIP_V : S_GIP_V1, rc,
+                    "GPU instance profile index %u", index);
             continue;
         }
         p->index = index;
         d->profile_count++;
-        /* count first, then the array: the documented way to size the buffer */
-        rc = NV(gi_possible_placements, dev, p->id, NULL, &count);
-        if (rc != NV_SUCCESS) {
-            note(d, S_GI_PLACEMENTS, rc);
-            continue;
-        }
-        if (count == 0)
-            continue;
-        if (count > COUNT_OF(placements)) {
+        /* One call with room for far more placements than any GPU has (a placement read costs
+         * ~200 us on a real GPU): NVML fills the array and sets count, or answers
+         * INSUFFICIENT_SIZE with the count it needs. */
+        count = COUNT_OF(placements);
+        rc = NV(gi_possible_placements, dev, p->id, placements, &count);
+        if (rc == NV_INSUFFICIENT_SIZE) {
             d->truncated |= SHIM_TRUNC_GI_PLACEMENTS;
             continue;
         }
-        rc = NV(gi_possible_placements, dev, p->id, placements, &count);
         if (rc != NV_SUCCESS) {
-            note(d, S_GI_PLACEMENTS, rc);
+            unknown(d, S_GI_PLACEMENTS, rc, "placements of GPU instance profile %u", p->id);
             continue;
         }
         if (count > SHIM_MAX_GI_PLACEMENTS) {
@@ -631,8 +750,14 @@ static void snap_profiles(nv_device_t dev, shim_device_t *d)
     }
 }
 
-/* The CI profiles of a GI profile are only reachable through a live GI of that profile. */
-static void snap_ci_profiles(nv_gi_t gi, unsigned int gi_profile_id, shim_device_t *d)
+/* Compute slices of each CI profile index (NVML_COMPUTE_INSTANCE_PROFILE_1_SLICE .. 2_SLICE_REV1). */
+static const unsigned int g_ci_index_slices[NV_CI_PROFILE_INDEX_COUNT] = {1, 2, 3, 4, 7, 8, 6, 1, 2};
+
+/* The CI profiles of a GI profile are only reachable through a live GI of that profile. A
+ * compute instance cannot have more compute slices than its GPU instance, so indices of larger
+ * profiles are not asked about (each answer costs ~300 us on a real GPU). */
+static void snap_ci_profiles(nv_gi_t gi, unsigned int gi_profile_id, unsigned int gi_slices,
+                             shim_device_t *d)
 {
     unsigned int index;
     for (index = 0; index < NV_CI_PROFILE_INDEX_COUNT; index++) {
@@ -642,6 +767,8 @@ static void snap_ci_profiles(nv_gi_t gi, unsigned int gi_profile_id, shim_device
         shim_ci_profile_t *cp;
         nv_return_t rc;
 
+        if (g_ci_index_slices[index] > gi_slices)
+            continue;
         memset(&info, 0, sizeof info);
         info.version = NV_CI_PROFILE_V2;
         rc = NV(ci_profile_info_v, gi, index, NV_CI_ENGINE_PROFILE_SHARED, &info);
@@ -650,7 +777,8 @@ static void snap_ci_profiles(nv_gi_t gi, unsigned int gi_profile_id, shim_device
         if (rc == NV_INVALID_ARGUMENT)
             break;
         if (rc != NV_SUCCESS) {
-            note(d, S_CIP_V, rc);
+            unknown(d, S_CIP_V, rc, "compute instance profile index %u of GPU instance profile %u",
+                    index, gi_profile_id);
             continue;
         }
         if (d->ci_profile_count >= SHIM_MAX_CI_PROFILES) {
@@ -672,20 +800,14 @@ static void snap_ci_profiles(nv_gi_t gi, unsigned int gi_profile_id, shim_device
         cp->ofas = info.ofas;
         copy_name(cp->name, info.name, sizeof cp->name);
 
-        rc = NV(ci_possible_placements, gi, cp->id, NULL, &count);
-        if (rc != NV_SUCCESS) {
-            note(d, S_CI_PLACEMENTS, rc);
-            continue;
-        }
-        if (count == 0)
-            continue;
-        if (count > COUNT_OF(placements)) {
+        count = COUNT_OF(placements); /* one call, as for GPU-instance placements */
+        rc = NV(ci_possible_placements, gi, cp->id, placements, &count);
+        if (rc == NV_INSUFFICIENT_SIZE) {
             d->truncated |= SHIM_TRUNC_CI_PLACEMENTS;
             continue;
         }
-        rc = NV(ci_possible_placements, gi, cp->id, placements, &count);
         if (rc != NV_SUCCESS) {
-            note(d, S_CI_PLACEMENTS, rc);
+            unknown(d, S_CI_PLACEMENTS, rc, "placements of compute instance profile %u", cp->id);
             continue;
         }
         if (count > SHIM_MAX_CI_PLACEMENTS) {
@@ -718,7 +840,8 @@ static void snap_compute_instances(nv_gi_t gi, shim_gi_t *g, shim_device_t *d)
         count = cp->instance_count; /* the array has room for the profile's instanceCount */
         rc = NV(get_cis, gi, cp->id, cis, &count);
         if (rc != NV_SUCCESS) {
-            note(d, S_GET_CIS, rc);
+            unknown(d, S_GET_CIS, rc, "compute instances of profile %u in GPU instance %u", cp->id,
+                    g->id);
             continue;
         }
         if (count > cp->instance_count)
@@ -729,7 +852,8 @@ static void snap_compute_instances(nv_gi_t gi, shim_gi_t *g, shim_device_t *d)
             memset(&info, 0, sizeof info);
             rc = NV(ci_get_info, cis[i], &info);
             if (rc != NV_SUCCESS) {
-                note(d, S_CI_INFO, rc);
+                unknown(d, S_CI_INFO, rc, "identity of a compute instance of GPU instance %u",
+                        g->id);
                 continue;
             }
             if (d->ci_count >= SHIM_MAX_CIS) {
@@ -748,7 +872,33 @@ static void snap_compute_instances(nv_gi_t gi, shim_gi_t *g, shim_device_t *d)
     }
 }
 
-static void snap_gpu_instances(nv_device_t dev, shim_device_t *d)
+/* The CI profiles of GPU-instance profile slot k, from the cache or read through `gi`. */
+static void ci_profiles_of(nv_gi_t gi, unsigned int k, shim_device_t *d, table_cache_t *cache)
+{
+    unsigned int gi_profile_id = d->profiles[k].id, start = d->ci_profile_count, before, i;
+    if (cache != NULL && cache->ci_read[k]) {
+        for (i = 0; i < cache->ci_profile_count; i++) {
+            if (cache->ci_profiles[i].gi_profile_id != gi_profile_id)
+                continue;
+            if (d->ci_profile_count >= SHIM_MAX_CI_PROFILES) {
+                d->truncated |= SHIM_TRUNC_CI_PROFILES;
+                return;
+            }
+            d->ci_profiles[d->ci_profile_count++] = cache->ci_profiles[i];
+        }
+        return;
+    }
+    before = d->unknown_count;
+    snap_ci_profiles(gi, gi_profile_id, d->profiles[k].slice_count, d);
+    if (cache == NULL || d->unknown_count != before || d->truncated ||
+        cache->ci_profile_count + (d->ci_profile_count - start) > CACHE_MAX_CI_PROFILES)
+        return;
+    for (i = start; i < d->ci_profile_count; i++)
+        cache->ci_profiles[cache->ci_profile_count++] = d->ci_profiles[i];
+    cache->ci_read[k] = 1;
+}
+
+static void snap_gpu_instances(nv_device_t dev, shim_device_t *d, table_cache_t *cache)
 {
     unsigned int k;
     unsigned char ci_profiles_read[SHIM_MAX_GI_PROFILES];
@@ -767,7 +917,7 @@ static void snap_gpu_instances(nv_device_t dev, shim_device_t *d)
         count = p->instance_count; /* the array has room for the profile's instanceCount */
         rc = NV(get_gis, dev, p->id, gis, &count);
         if (rc != NV_SUCCESS) {
-            note(d, S_GET_GIS, rc);
+            unknown(d, S_GET_GIS, rc, "GPU instances of profile %u", p->id);
             continue;
         }
         if (count > p->instance_count)
@@ -778,7 +928,7 @@ static void snap_gpu_instances(nv_device_t dev, shim_device_t *d)
             memset(&info, 0, sizeof info);
             rc = NV(gi_get_info, gis[i], &info);
             if (rc != NV_SUCCESS) {
-                note(d, S_GI_INFO, rc);
+                unknown(d, S_GI_INFO, rc, "identity of a GPU instance of profile %u", p->id);
                 continue;
             }
             if (d->gi_count >= SHIM_MAX_GIS) {
@@ -793,16 +943,16 @@ static void snap_gpu_instances(nv_device_t dev, shim_device_t *d)
             g->size = info.placement.size;
             if (!ci_profiles_read[k]) {
                 ci_profiles_read[k] = 1;
-                snap_ci_profiles(gis[i], p->id, d);
+                ci_profiles_of(gis[i], k, d, cache);
             }
             snap_compute_instances(gis[i], g, d);
         }
     }
 }
 
-/* The processes on one MIG device. Their status stays per CI and never fails the snapshot:
- * an old driver without the call, or one that will not say, leaves the CI not known in use. */
-static void snap_processes(nv_device_t mig, shim_ci_t *c)
+/* The processes on one MIG device. A failed query (an old driver without the call included)
+ * leaves the compute instance's in-use state unknown, never "not in use". */
+static void snap_processes(nv_device_t mig, shim_ci_t *c, shim_device_t *d)
 {
     nv_process_info_t procs[SHIM_MAX_PIDS];
     unsigned int count = SHIM_MAX_PIDS, i;
@@ -814,8 +964,11 @@ static void snap_processes(nv_device_t mig, shim_ci_t *c)
         c->process_count = count;
         return;
     }
-    if (rc != NV_SUCCESS)
+    if (rc != NV_SUCCESS) {
+        unknown(d, S_PROCESSES, rc, "in-use state of GPU instance %u, compute instance %u",
+                c->gi_id, c->id);
         return;
+    }
     if (count > SHIM_MAX_PIDS) /* a library that ignored the capacity */
         count = SHIM_MAX_PIDS;
     c->process_count = count;
@@ -828,7 +981,7 @@ static void snap_mig_devices(nv_device_t dev, shim_device_t *d)
     unsigned int max = 0, i;
     nv_return_t rc = NV(max_mig_device_count, dev, &max);
     if (rc != NV_SUCCESS) {
-        note(d, S_MAX_MIG, rc);
+        unknown(d, S_MAX_MIG, rc, "MIG devices, so the in-use state of every compute instance");
         return;
     }
     d->max_mig_devices = max;
@@ -840,20 +993,22 @@ static void snap_mig_devices(nv_device_t dev, shim_device_t *d)
         nv_attributes_t attributes;
 
         rc = NV(mig_device_handle_by_index, dev, i, &mig);
+        /* No MIG device at this index: MIG device indices can have gaps. A compute instance
+         * whose device is never found is flagged after the loop. */
         if (rc == NV_NOT_FOUND || rc == NV_INVALID_ARGUMENT)
             continue;
         if (rc != NV_SUCCESS) {
-            note(d, S_MIG_HANDLE, rc);
+            unknown(d, S_MIG_HANDLE, rc, "MIG device %u", i);
             continue;
         }
         rc = NV(mig_gpu_instance_id, mig, &gi_id);
         if (rc != NV_SUCCESS) {
-            note(d, S_MIG_GI_ID, rc);
+            unknown(d, S_MIG_GI_ID, rc, "GPU instance of MIG device %u", i);
             continue;
         }
         rc = NV(mig_compute_instance_id, mig, &ci_id);
         if (rc != NV_SUCCESS) {
-            note(d, S_MIG_CI_ID, rc);
+            unknown(d, S_MIG_CI_ID, rc, "compute instance of MIG device %u", i);
             continue;
         }
         for (k = 0; k < d->ci_count; k++) {
@@ -862,20 +1017,27 @@ static void snap_mig_devices(nv_device_t dev, shim_device_t *d)
                 break;
             }
         }
-        if (c == NULL) /* created between our listing and now: the next snapshot sees it */
+        if (c == NULL) {
+            /* Not in the instance listing: created since, or a listing read that failed. */
+            unknown(d, S_MIG_HANDLE, NV_NOT_FOUND,
+                    "MIG device %u: GPU instance %u, compute instance %u is not in the listing",
+                    i, gi_id, ci_id);
             continue;
+        }
         rc = NV(device_get_uuid, mig, c->uuid, sizeof c->uuid);
         if (rc != NV_SUCCESS)
-            note(d, S_UUID, rc);
+            unknown(d, S_UUID, rc, "UUID of GPU instance %u, compute instance %u", gi_id, ci_id);
         memset(&memory, 0, sizeof memory);
         rc = NV(device_get_memory_info, mig, &memory);
         if (rc != NV_SUCCESS)
-            note(d, S_MEMORY, rc);
+            unknown(d, S_MEMORY, rc, "memory of GPU instance %u, compute instance %u", gi_id,
+                    ci_id);
         c->memory_mib = memory.total >> 20;
         memset(&attributes, 0, sizeof attributes);
         rc = NV(device_get_attributes, mig, &attributes);
         if (rc != NV_SUCCESS) {
-            note(d, S_ATTRIBUTES, rc);
+            unknown(d, S_ATTRIBUTES, rc, "attributes of GPU instance %u, compute instance %u",
+                    gi_id, ci_id);
         } else {
             c->multiprocessors = attributes.multiprocessors;
             c->copy_engines = attributes.copy_engines;
@@ -886,32 +1048,66 @@ static void snap_mig_devices(nv_device_t dev, shim_device_t *d)
             c->gi_slice_count = attributes.gi_slice_count;
             c->ci_slice_count = attributes.ci_slice_count;
         }
-        snap_processes(mig, c);
+        snap_processes(mig, c, d);
         c->has_mig_device = 1;
         d->mig_device_count++;
     }
+    for (i = 0; i < d->ci_count; i++)
+        if (!d->cis[i].has_mig_device)
+            unknown(d, S_MIG_HANDLE, NV_NOT_FOUND,
+                    "in-use state of GPU instance %u, compute instance %u: no MIG device found",
+                    d->cis[i].gi_id, d->cis[i].id);
 }
 
-static void snap_device(unsigned int index, shim_device_t *d)
+/* The GPU-instance profiles, from the cache when it holds them for this mode, else read (and
+ * kept when every read succeeded). With `tables_if_needed`, a GPU with MIG off whose tables are
+ * not cached is left without them (tables_skipped = 1). */
+static void profiles_of(nv_device_t dev, shim_device_t *d, table_cache_t *cache,
+                        int tables_if_needed)
 {
-    nv_device_t dev;
-    nv_pci_info_t pci;
-    nv_memory_t memory;
-    unsigned int current = 0, pending = 0;
-    nv_return_t rc;
-
-    /* Every record is zeroed before it is filled (the header here, each array entry where it
-     * is taken), so two snapshots of the same state are identical bytes. */
-    memset(d, 0, offsetof(shim_device_t, profiles));
-    d->index = index;
-    rc = NV(device_get_handle_by_index, index, &dev);
-    if (rc != NV_SUCCESS) {
-        note(d, S_HANDLE, rc);
+    unsigned int before = d->unknown_count;
+    if (cache->tables && cache->mig_mode == d->mig_mode) {
+        d->profile_count = cache->profile_count;
+        memcpy(d->profiles, cache->profiles, cache->profile_count * sizeof d->profiles[0]);
         return;
     }
-    rc = NV(device_get_uuid, dev, d->uuid, sizeof d->uuid);
-    if (rc != NV_SUCCESS)
+    cache->tables = 0;
+    cache->ci_profile_count = 0;
+    memset(cache->ci_read, 0, sizeof cache->ci_read);
+    if (tables_if_needed && d->mig_mode != 1) {
+        d->tables_skipped = 1;
+        return;
+    }
+    snap_profiles(dev, d);
+    if (d->unknown_count != before || d->truncated)
+        return;
+    cache->profile_count = d->profile_count;
+    memcpy(cache->profiles, d->profiles, d->profile_count * sizeof d->profiles[0]);
+    cache->mig_mode = d->mig_mode;
+    cache->tables = 1;
+}
+
+/* Identity: UUID always (it tells another GPU at this index); the rest from the cache when
+ * the UUID is the cached one. Returns 0 when a read failed (noted in d). */
+static int identity_of(nv_device_t dev, shim_device_t *d, table_cache_t *cache)
+{
+    nv_pci_info_t pci;
+    nv_memory_t memory;
+    nv_return_t rc = NV(device_get_uuid, dev, d->uuid, sizeof d->uuid);
+    if (rc != NV_SUCCESS) {
         note(d, S_UUID, rc);
+        return 0;
+    }
+    if (cache->valid && strcmp(cache->uuid, d->uuid) == 0) {
+        memcpy(d->name, cache->name, sizeof d->name);
+        memcpy(d->bus_id, cache->bus_id, sizeof d->bus_id);
+        d->pci_device_id = cache->pci_device_id;
+        d->pci_subsystem_id = cache->pci_subsystem_id;
+        d->architecture = cache->architecture;
+        d->memory_total = cache->memory_total;
+        return 1;
+    }
+    memset(cache, 0, sizeof *cache); /* another GPU, or none known: forget everything */
     rc = NV(device_get_name, dev, d->name, sizeof d->name);
     if (rc != NV_SUCCESS)
         note(d, S_NAME, rc);
@@ -932,33 +1128,69 @@ static void snap_device(unsigned int index, shim_device_t *d)
     rc = NV(device_get_architecture, dev, &d->architecture);
     if (rc != NV_SUCCESS)
         note(d, S_ARCH, rc);
+    if (d->status != 0)
+        return 0;
+    memcpy(cache->uuid, d->uuid, sizeof cache->uuid);
+    memcpy(cache->name, d->name, sizeof cache->name);
+    memcpy(cache->bus_id, d->bus_id, sizeof cache->bus_id);
+    cache->pci_device_id = d->pci_device_id;
+    cache->pci_subsystem_id = d->pci_subsystem_id;
+    cache->architecture = d->architecture;
+    cache->memory_total = d->memory_total;
+    cache->valid = 1;
+    return 1;
+}
 
-    rc = NV(device_get_mig_mode, dev, &current, &pending);
-    if (rc == NV_NOT_SUPPORTED) /* the way NVIDIA's own tools tell MIG capability */
-        return;
+static void snap_device(unsigned int index, shim_device_t *d, unsigned int flags)
+{
+    nv_device_t dev;
+    unsigned int current = 0, pending = 0;
+    table_cache_t *cache = &g_cache[index];
+    nv_return_t rc;
+
+    /* Every record is zeroed before it is filled (the header here, each array entry where it
+     * is taken), so two snapshots of the same state are identical bytes. */
+    memset(d, 0, offsetof(shim_device_t, profiles));
+    d->index = index;
+    rc = NV(device_get_handle_by_index, index, &dev);
     if (rc != NV_SUCCESS) {
+        note(d, S_HANDLE, rc);
+        return;
+    }
+    if (!identity_of(dev, d, cache))
+        return;
+    rc = NV(device_get_mig_mode, dev, &current, &pending);
+    if (rc == NV_NOT_SUPPORTED) { /* the way NVIDIA's own tools tell MIG capability */
+        cache->tables = 0;
+        return;
+    }
+    if (rc != NV_SUCCESS) {
+        cache->tables = 0;
         note(d, S_GET_MIG, rc);
         return;
     }
     d->mig_capable = 1;
     d->mig_mode = current;
     d->pending_mig_mode = pending;
-    snap_profiles(dev, d);
+    profiles_of(dev, d, cache, (flags & SHIM_SNAP_TABLES_IF_NEEDED) != 0);
     if (current == 1) {
-        snap_gpu_instances(dev, d);
+        snap_gpu_instances(dev, d, cache);
         snap_mig_devices(dev, d);
     }
 }
 
-int shim_snapshot(shim_device_t *out, unsigned int capacity, unsigned int *count)
+int shim_snapshot(shim_device_t *out, unsigned int capacity, unsigned int *count,
+                  unsigned int flags)
 {
     unsigned int n = 0, i;
     nv_return_t rc = NV(device_get_count, &n);
     *count = n;
     if (rc != NV_SUCCESS)
         return rc;
-    for (i = 0; i < n && i < capacity; i++)
-        snap_device(i, &out[i]);
+    pthread_mutex_lock(&g_cache_lock);
+    for (i = 0; i < n && i < capacity && i < SHIM_MAX_DEVICES; i++)
+        snap_device(i, &out[i], flags);
+    pthread_mutex_unlock(&g_cache_lock);
     return n > capacity ? NV_INSUFFICIENT_SIZE : NV_SUCCESS;
 }
 
@@ -998,11 +1230,14 @@ static nv_return_t create_gpu_instance(shim_gi_create_t *r)
     }
     placement.start = r->start;
     placement.size = r->size;
+    r->created = 0;
     rc = NV(create_gi_with_placement, dev, r->profile_id, &placement, &gi);
     if (rc != NV_SUCCESS) {
         r->call = S_CREATE_GI;
         return rc;
     }
+    /* From here on the instance exists: a failed read-back must not make it look uncreated. */
+    r->created = 1;
     memset(&info, 0, sizeof info);
     rc = NV(gi_get_info, gi, &info);
     if (rc != NV_SUCCESS) {
@@ -1035,7 +1270,9 @@ static nv_return_t create_compute_instance(shim_ci_create_t *r)
     nv_gi_t gi;
     nv_ci_t ci;
     nv_ci_info_t info;
-    nv_return_t rc = gpu_instance_by_id(r->device, r->gi_id, &gi, &r->call);
+    nv_return_t rc;
+    r->created = 0;
+    rc = gpu_instance_by_id(r->device, r->gi_id, &gi, &r->call);
     if (rc != NV_SUCCESS)
         return rc;
     if (r->size == 0) {
@@ -1054,6 +1291,7 @@ static nv_return_t create_compute_instance(shim_ci_create_t *r)
             return rc;
         }
     }
+    r->created = 1; /* as for GPU instances: it exists even if reading it back fails */
     memset(&info, 0, sizeof info);
     rc = NV(ci_get_info, ci, &info);
     if (rc != NV_SUCCESS) {

@@ -19,8 +19,46 @@
 #ifndef MIGKIT_NVML_SHIM_H
 #define MIGKIT_NVML_SHIM_H
 
+/* NVML's return codes, named once for migkit: the value, the name after NVML_ERROR_, and the
+ * text nvmlErrorString gives. The shim's lookup table is built from this list, and Python reads
+ * the names through shim_return_code_at() / shim_error_name(). */
+#define SHIM_NVML_RETURN_CODES(X) \
+    X(0, SUCCESS, "Success") \
+    X(1, UNINITIALIZED, "Uninitialized") \
+    X(2, INVALID_ARGUMENT, "Invalid Argument") \
+    X(3, NOT_SUPPORTED, "Not Supported") \
+    X(4, NO_PERMISSION, "Insufficient Permissions") \
+    X(5, ALREADY_INITIALIZED, "Already Initialized") \
+    X(6, NOT_FOUND, "Not Found") \
+    X(7, INSUFFICIENT_SIZE, "Insufficient Size") \
+    X(8, INSUFFICIENT_POWER, "Insufficient External Power") \
+    X(9, DRIVER_NOT_LOADED, "Driver Not Loaded") \
+    X(10, TIMEOUT, "Timeout") \
+    X(11, IRQ_ISSUE, "Interrupt Request Issue") \
+    X(12, LIBRARY_NOT_FOUND, "NVML Shared Library Not Found") \
+    X(13, FUNCTION_NOT_FOUND, "Function Not Found") \
+    X(14, CORRUPTED_INFOROM, "Corrupted infoROM") \
+    X(15, GPU_IS_LOST, "GPU is lost") \
+    X(16, RESET_REQUIRED, "GPU requires restart") \
+    X(17, OPERATING_SYSTEM, "The operating system has blocked the request") \
+    X(18, LIB_RM_VERSION_MISMATCH, "RM has detected an NVML/RM version mismatch") \
+    X(19, IN_USE, "In use by another client") \
+    X(20, MEMORY, "Insufficient Memory") \
+    X(21, NO_DATA, "No data") \
+    X(22, VGPU_ECC_NOT_SUPPORTED, "The requested vgpu operation is not available on target device, because ECC is enabled") \
+    X(23, INSUFFICIENT_RESOURCES, "Insufficient Resources") \
+    X(24, FREQ_NOT_SUPPORTED, "Frequency not supported") \
+    X(25, ARGUMENT_VERSION_MISMATCH, "Argument version mismatch") \
+    X(26, DEPRECATED, "Function deprecated") \
+    X(27, NOT_READY, "System is not ready") \
+    X(28, GPU_NOT_FOUND, "GPU not found") \
+    X(29, INVALID_STATE, "Invalid state") \
+    X(30, RESET_TYPE_NOT_SUPPORTED, "Reset type not supported") \
+    X(999, UNKNOWN, "Unknown Error")
+
+
 /* CDEF-BEGIN */
-#define SHIM_ABI_VERSION 2
+#define SHIM_ABI_VERSION 3 /* 3: failed-read lines, kept tables, snapshot flags, created */
 
 #define SHIM_STATUS_READ_ONLY -1
 #define SHIM_STATUS_NOT_ATTEMPTED -2
@@ -42,6 +80,8 @@
 #define SHIM_UUID_LEN 96
 #define SHIM_BUS_ID_LEN 32
 #define SHIM_CALL_LEN 64
+#define SHIM_MAX_UNKNOWN 16          /* failed reads kept per GPU (unknown_count stays exact) */
+#define SHIM_UNKNOWN_LEN 160
 
 /* Bits of shim_device_t.truncated: which limit cut the snapshot short. */
 #define SHIM_TRUNC_GI_PLACEMENTS 1
@@ -130,6 +170,9 @@ typedef struct {
     unsigned int pids[8];
 } shim_ci_t;
 
+/* One physical GPU. `status` / `failed_call` name the first failed read that leaves the whole
+ * GPU unreadable (its handle, identity or MIG mode); any other failed read is a line in
+ * unknown[] and the snapshot goes on. */
 typedef struct {
     unsigned int index;           /* NVML index */
     int status;                   /* first failing NVML call's code, 0 if none failed */
@@ -146,12 +189,19 @@ typedef struct {
     unsigned int ci_count;
     unsigned int mig_device_count;
     unsigned int truncated;       /* SHIM_TRUNC_* bits */
-    unsigned int reserved;
+    unsigned int tables_skipped;  /* 1: MIG off and SHIM_SNAP_TABLES_IF_NEEDED: no profiles read */
     unsigned long long memory_total;  /* bytes */
     char failed_call[64];         /* name of the first failing NVML call, "" if none */
     char uuid[96];
     char name[96];
     char bus_id[32];
+    /* Reads that failed and left a fact unknown, one line each: the NVML call, what it was
+     * for, and the error ("nvmlDeviceGetComputeRunningProcesses_v3 (in-use state of GPU
+     * instance 3, compute instance 0): NOT_SUPPORTED"). unknown_count counts them all, the
+     * first SHIM_MAX_UNKNOWN are kept. */
+    unsigned int unknown_count;
+    unsigned int reserved2;
+    char unknown[16][160];
     shim_gi_profile_t profiles[18];
     shim_ci_profile_t ci_profiles[36];
     shim_gi_t gis[32];
@@ -167,6 +217,7 @@ typedef struct {
     unsigned int size;
     int status;
     unsigned int gi_id;           /* out */
+    unsigned int created;         /* out: 1 once NVML created it, even if reading it back failed */
     const char *call;             /* out */
 } shim_gi_create_t;
 
@@ -178,7 +229,7 @@ typedef struct {
     unsigned int size;
     int status;
     unsigned int ci_id;           /* out */
-    unsigned int reserved;
+    unsigned int created;         /* out: 1 once NVML created it, even if reading it back failed */
     const char *call;             /* out */
 } shim_ci_create_t;
 
@@ -223,13 +274,28 @@ int shim_has_symbol(const char *name);
 int shim_init(void);
 int shim_shutdown(void);
 const char *shim_error_string(int code);
+/* The name of an NVML return code ("INSUFFICIENT_RESOURCES"), NULL for a code NVML does not
+ * define (shim_error_text likewise); shim_return_code_at(i) is the i-th code NVML defines, -1
+ * past the last. */
+const char *shim_error_name(int code);
+const char *shim_error_text(int code); /* the text from the list above, whatever is loaded */
+int shim_return_code_at(unsigned int i);
 int shim_read_only(void);
 int shim_device_count(unsigned int *count);
 
 /* Fill out[0 .. min(count, capacity)) and set *count to the number of GPUs. Returns the code of
  * the device count call (per-GPU failures are in each shim_device_t's status / failed_call), or
- * NVML_ERROR_INSUFFICIENT_SIZE (7) when there are more GPUs than capacity. */
-int shim_snapshot(shim_device_t *out, unsigned int capacity, unsigned int *count);
+ * NVML_ERROR_INSUFFICIENT_SIZE (7) when there are more GPUs than capacity.
+ *
+ * A GPU's identity and profile tables are read once and kept while its UUID and MIG mode stay
+ * the same and NVML stays initialised (the UUID and the mode are read every time). With
+ * SHIM_SNAP_TABLES_IF_NEEDED in flags, a GPU with MIG off gets no profiles unless they are
+ * kept already: what a question about modes alone needs. */
+#define SHIM_SNAP_TABLES_IF_NEEDED 1
+int shim_snapshot(shim_device_t *out, unsigned int capacity, unsigned int *count,
+                  unsigned int flags);
+/* Drop what is kept for GPU `index` (-1: every GPU), so that the next snapshot reads it all. */
+void shim_forget_tables(int index);
 
 /* same[i] = 1 when GPU i's records in `a` and `b` (two snapshots) are identical, else 0: the
  * shim writes every record the same way for the same state, so this tells the caller which

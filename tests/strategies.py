@@ -9,15 +9,40 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
+import re
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 
 from hypothesis import strategies as st
 
-from migkit.hardware import gpu_model, gpu_models
+from migkit.hardware import gpu_model, gpu_models, provenance
 from migkit.models import ComputeInstance, GpuInstance, GpuModel, Profile
 
-MIG_MODELS = tuple(m.name for m in gpu_models() if m.mig_capable)
+
+def _geometry(model: GpuModel) -> tuple[object, ...]:
+    """What the solver sees of a model: architecture, profile ids, sizes, caps, placements and
+    attributes (names without their GB figure), not memory sizes or SM counts."""
+    shape = (
+        (p.id, p.slice_count, p.memory_slices, p.instance_count, p.placements, re.sub(r"\.\d+gb", "", p.name))
+        for p in model.profiles
+    )
+    return (model.architecture, *shape)
+
+
+def _one_per_geometry() -> tuple[str, ...]:
+    """One MIG model per distinct geometry, preferring tables read from a real GPU: many bundled
+    models share a shape (A800 and A100, H800 and H100, ...) and add nothing to solver tests."""
+    kept: dict[tuple[object, ...], str] = {}
+    candidates = sorted(
+        (m for m in gpu_models() if m.mig_capable),
+        key=lambda m: (not provenance(m.name).observed, m.name),
+    )
+    for model in candidates:
+        kept.setdefault(_geometry(model), model.name)
+    return tuple(sorted(kept.values()))
+
+
+MIG_MODELS = _one_per_geometry()
 SMALL_MODELS = ("a100-40gb", "h100-80gb", "a30-24gb", "rtx-pro-6000")
 
 # A GI layout as the oracle sees it: (profile name, start) pairs.

@@ -9,17 +9,10 @@ import attrs
 import pytest
 import yaml
 
+from builders import gpu_state, instances_of
 from migkit.config import load_config, select
 from migkit.export import export_config, gpu_mig_devices, render
-from migkit.hardware import gpu_model
-from migkit.models import (
-    MIG_DISABLED,
-    MIG_ENABLED,
-    ComputeInstance,
-    GpuInstance,
-    GpuModel,
-    GpuState,
-)
+from migkit.models import GpuModel, GpuState
 from migkit.planning.coverage import effective_specs
 
 A = "0x20B010DE"  # A100-SXM4-40GB
@@ -33,38 +26,7 @@ def gpu(
     index: int = 0,
 ) -> GpuState:
     """A GpuState of a bundled model with GIs ``(gi_profile, [ci_profiles])`` in order."""
-    m = gpu_model(model) if isinstance(model, str) else model
-    gis = []
-    for gi_id, (gi_name, ci_names) in enumerate(instances):
-        profile = m.profile(gi_name)
-        cis = []
-        start = 0
-        for ci_id, ci_name in enumerate(ci_names):
-            cp = profile.compute_profile(ci_name)
-            cis.append(ComputeInstance(ci_id, cp.id, cp.name, start, cp.slice_count))
-            start += cp.slice_count
-        placement = profile.placements[gi_id % len(profile.placements)]
-        gis.append(
-            GpuInstance(
-                gi_id, profile.id, profile.name, placement.start, placement.size, tuple(cis)
-            )
-        )
-    mode = MIG_ENABLED if enabled else MIG_DISABLED
-    return GpuState(
-        index=index,
-        uuid=f"GPU-{index}",
-        name=m.product_name,
-        pci_device_id=m.pci_device_id,
-        pci_subsystem_id=m.pci_subsystem_id,
-        bus_id=f"00000000:{index:02X}:00.0",
-        memory_mib=m.memory_mib,
-        architecture=m.architecture,
-        mig_capable=m.mig_capable,
-        mig_mode=mode,
-        pending_mig_mode=mode,
-        profiles=m.profiles,
-        gpu_instances=tuple(gis),
-    )
+    return gpu_state(model, index, enabled=enabled, instances=instances_of(model, instances, index))
 
 
 def entries(gpus: Sequence[GpuState]) -> list[dict[str, object]]:
@@ -79,7 +41,7 @@ OFF: dict[str, object] = {"mig-enabled": False, "mig-devices": {}}
 ON: dict[str, object] = {"mig-enabled": True, "mig-devices": {}}
 
 
-# --------------------------------------------------------------------------- merge table (§3.5)
+# --------------------------------------------------------------------------- merge table (upstream export/config.go)
 
 
 def test_no_gpus_export_an_empty_list() -> None:

@@ -1,4 +1,4 @@
-"""generate_config: the generated configs of mig-parted v0.14+ (facts §4.4 and mixed nodes)."""
+"""generate_config: the generated configs of mig-parted v0.14+ (its expected outputs and mixed nodes)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import attrs
 import pytest
 import yaml
 
+from builders import gpu_state
 from migkit.config import load_config, select
 from migkit.errors import MigkitError
 from migkit.generate import (
@@ -20,7 +21,7 @@ from migkit.generate import (
     render,
 )
 from migkit.hardware import gpu_model
-from migkit.models import MIG_DISABLED, GpuModel, GpuState, Placement, Profile
+from migkit.models import GpuModel, GpuState, Placement, Profile
 from migkit.planning.coverage import effective_specs
 from migkit.planning.solver import solve
 
@@ -80,25 +81,12 @@ def synthetic(name: str, device_id: int, rows: Sequence[tuple[str, int]]) -> Gpu
 
 
 def state_of(model: GpuModel, index: int = 0) -> GpuState:
-    return GpuState(
-        index=index,
-        uuid=f"GPU-{index}",
-        name=model.product_name,
-        pci_device_id=model.pci_device_id,
-        pci_subsystem_id=model.pci_subsystem_id,
-        bus_id=f"00000000:{index:02X}:00.0",
-        memory_mib=model.memory_mib,
-        architecture=model.architecture,
-        mig_capable=model.mig_capable,
-        mig_mode=MIG_DISABLED,
-        pending_mig_mode=MIG_DISABLED,
-        profiles=model.profiles,
-    )
+    return gpu_state(model, index)
 
 
-# --------------------------------------------------------------------------- §4.4 single types
+# --------------------------------------------------------------------------- single GPU types
 
-SECTION_4_4_CASES = [
+SINGLE_MODEL_CASES = [
     (
         "a100-40gb",
         {"1g.5gb": 2, "2g.10gb": 1, "3g.20gb": 1},
@@ -215,11 +203,11 @@ SECTION_4_4_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("model", "balanced", "per_profile"), SECTION_4_4_CASES)
+@pytest.mark.parametrize(("model", "balanced", "per_profile"), SINGLE_MODEL_CASES)
 def test_bundled_model_generates_upstreams_configs(
     model: str, balanced: dict[str, int], per_profile: dict[str, int]
 ) -> None:
-    """Each bundled MIG model yields exactly the §4.4 configs, counts and no filters."""
+    """Each bundled MIG model yields exactly upstream's expected configs, counts and no filters."""
     assert configs([gpu_model(model)]) == unfiltered(per_profile, balanced)
 
 
@@ -257,7 +245,7 @@ def test_two_slot_gpu_has_no_balanced_config() -> None:
 
 
 def test_config_names_replace_plus_with_dot_and_keep_minus() -> None:
-    """Normalisation: `+` becomes `.`, `-` stays (facts §4.2 table)."""
+    """Normalisation: `+` becomes `.`, `-` stays (as upstream names its all-<profile> configs)."""
     assert config_name("1g.10gb") == "all-1g.10gb"
     assert config_name("1g.10gb+me") == "all-1g.10gb.me"
     assert config_name("4g.96gb+gfx") == "all-4g.96gb.gfx"
@@ -280,7 +268,7 @@ def test_same_profiles_on_two_types_share_entries_with_both_ids() -> None:
     h100 = attrs.evolve(gpu_model("h100-80gb"), pci_device_id=0x233110DE)
     result = configs([a100, h100])
     both = ["0x20B510DE", "0x233110DE"]
-    for name, count in SECTION_4_4_CASES[1][2].items():
+    for name, count in SINGLE_MODEL_CASES[1][2].items():
         assert result[config_name(name)] == [
             {
                 "device-filter": both,

@@ -104,7 +104,7 @@ def test_inherit_env_adds_the_parent_environment_under_the_others(
 
 
 def test_apply_flag_env_spells_booleans_and_blanks_unset_strings() -> None:
-    """Booleans are "true"/"false"; an unset string flag is an empty value (§2.7)."""
+    """Booleans are "true"/"false"; an unset string flag is an empty value, as mig-parted sets them."""
     assert apply_flag_env(None, None, "h.yaml", True, False) == {
         "MIG_PARTED_CONFIG_FILE": "",
         "MIG_PARTED_SELECTED_CONFIG": "",

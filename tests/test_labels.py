@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import attrs
 import pytest
 
+from builders import gpu_state, instances_of
 from migkit.hardware import gpu_model
 from migkit.labels import (
     LabelError,
@@ -15,13 +16,7 @@ from migkit.labels import (
     product_label,
     single_strategy_problem,
 )
-from migkit.models import (
-    MIG_DISABLED,
-    MIG_ENABLED,
-    ComputeInstance,
-    GpuInstance,
-    GpuState,
-)
+from migkit.models import GpuState
 
 H100 = "NVIDIA-H100-80GB-HBM3"
 
@@ -34,54 +29,11 @@ def gpu(
 ) -> GpuState:
     """A GpuState whose instances carry the values NVML reports for their MIG devices.
 
-    ``layout`` lists GPU instances as ``(gi_profile, [ci_profiles])``; memory is the
-    profile's MIG-device memory, SMs come from the compute profile and engines from the GI.
+    ``layout`` lists GPU instances as ``(gi_profile, [ci_profiles])``; MIG is enabled when
+    there are any, unless ``enabled`` says otherwise.
     """
-    m = gpu_model(model)
-    gis = []
-    for gi_id, (gi_name, ci_names) in enumerate(layout):
-        p = m.profile(gi_name)
-        cis = []
-        start = 0
-        for ci_id, ci_name in enumerate(ci_names):
-            cp = p.compute_profile(ci_name)
-            cis.append(
-                ComputeInstance(
-                    id=ci_id,
-                    profile_id=cp.id,
-                    profile=cp.name,
-                    start=start,
-                    size=cp.slice_count,
-                    uuid=f"MIG-{index}-{gi_id}-{ci_id}",
-                    memory_mib=p.device_memory_mib or p.memory_mib,
-                    multiprocessors=cp.multiprocessors,
-                    copy_engines=p.copy_engines,
-                    decoders=p.decoders,
-                    encoders=p.encoders,
-                    jpegs=p.jpegs,
-                    ofas=p.ofas,
-                )
-            )
-            start += cp.slice_count
-        placement = p.placements[gi_id % len(p.placements)]
-        gis.append(GpuInstance(gi_id, p.id, p.name, placement.start, placement.size, tuple(cis)))
     on = bool(layout) if enabled is None else enabled
-    mode = MIG_ENABLED if on else MIG_DISABLED
-    return GpuState(
-        index=index,
-        uuid=f"GPU-{index}",
-        name=m.product_name,
-        pci_device_id=m.pci_device_id,
-        pci_subsystem_id=m.pci_subsystem_id,
-        bus_id=f"00000000:{index:02X}:00.0",
-        memory_mib=m.memory_mib,
-        architecture=m.architecture,
-        mig_capable=m.mig_capable,
-        mig_mode=mode,
-        pending_mig_mode=mode,
-        profiles=m.profiles,
-        gpu_instances=tuple(gis),
-    )
+    return gpu_state(model, index, enabled=on, instances=instances_of(model, layout, index))
 
 
 def all_of(profile: str, count: int) -> list[tuple[str, list[str]]]:
@@ -106,7 +58,9 @@ def assert_contains(labels: dict[str, str], expected: dict[str, str]) -> None:
 
 def test_single_all_1g_10gb_matches_the_documented_labels() -> None:
     """H100 with seven 1g.10gb devices: the doc's single-strategy partial output, verbatim."""
-    labels = node_labels([gpu(layout=all_of("1g.10gb", 7))], "single", "all-1g.10gb", "success")
+    labels = node_labels(
+        [gpu(layout=all_of("1g.10gb", 7))], "single", "all-1g.10gb", "success", present=True
+    )
     assert_contains(
         labels,
         {
@@ -135,7 +89,6 @@ def test_single_strategy_also_carries_gfds_mig_device_attributes() -> None:
         "nvidia.com/gpu.engines.ofa": "0",
         "nvidia.com/gpu.memory": "9984",
         "nvidia.com/gpu.multiprocessors": "16",
-        "nvidia.com/gpu.present": "true",
         "nvidia.com/gpu.product": f"{H100}-MIG-1g.10gb",
         "nvidia.com/gpu.replicas": "1",
         "nvidia.com/gpu.sharing-strategy": "none",
@@ -149,7 +102,9 @@ def test_single_strategy_also_carries_gfds_mig_device_attributes() -> None:
 
 def test_single_all_3g_40gb_matches_the_documented_labels() -> None:
     """The doc's reconfiguration example: two 3g.40gb devices, replicas 1, slices 3."""
-    labels = node_labels([gpu(layout=all_of("3g.40gb", 2))], "single", "all-3g.40gb", "success")
+    labels = node_labels(
+        [gpu(layout=all_of("3g.40gb", 2))], "single", "all-3g.40gb", "success", present=True
+    )
     assert_contains(
         labels,
         {
@@ -173,7 +128,7 @@ def test_single_all_3g_40gb_matches_the_documented_labels() -> None:
 def test_single_strategy_with_mig_disabled_shows_the_whole_gpu() -> None:
     """The doc's all-disabled (and pending) output: plain product, replicas 1."""
     for config, state in (("all-disabled", "success"), ("all-1g.10gb", "pending")):
-        labels = node_labels([gpu()], "single", config, state)
+        labels = node_labels([gpu()], "single", config, state, present=True)
         assert_contains(
             labels,
             {
@@ -195,7 +150,9 @@ def test_single_strategy_with_mig_disabled_shows_the_whole_gpu() -> None:
 
 def test_mixed_all_balanced_matches_the_documented_labels() -> None:
     """H100 all-balanced under mixed: every label of the doc's partial output, verbatim."""
-    labels = node_labels([gpu(layout=BALANCED)], "mixed", "all-balanced", "success")
+    labels = node_labels(
+        [gpu(layout=BALANCED)], "mixed", "all-balanced", "success", present=True
+    )
     expected = {
         "nvidia.com/gpu.present": "true",
         "nvidia.com/gpu.product": H100,
@@ -375,6 +332,36 @@ def test_labels_are_sorted_by_key() -> None:
 
 
 def test_unknown_strategy_is_rejected() -> None:
-    """Only single and mixed are strategies migkit labels for."""
-    with pytest.raises(LabelError, match="none"):
-        node_labels([gpu()], "none")
+    """Only none, single and mixed are strategies migkit labels for."""
+    with pytest.raises(LabelError, match="bogus"):
+        node_labels([gpu()], "bogus")
+
+
+def test_gpu_present_is_the_operators_label_and_only_added_on_request() -> None:
+    """GFD does not publish gpu.present; migkit adds it only with present=True."""
+    for strategy in ("none", "single", "mixed"):
+        assert "nvidia.com/gpu.present" not in node_labels([gpu()], strategy)
+        assert node_labels([gpu()], strategy, present=True)["nvidia.com/gpu.present"] == "true"
+
+
+def test_strategy_none_labels_every_gpu_whole_like_gfds_default() -> None:
+    """Under none (GFD's default) MIG devices are not resources: whole-GPU labels only."""
+    node = [gpu(layout=all_of("1g.10gb", 7), index=0), gpu(index=1)]
+    labels = node_labels(node, "none")
+    assert labels == {
+        "nvidia.com/gpu.count": "2",
+        "nvidia.com/gpu.memory": str(gpu_model("h100-80gb").memory_mib),
+        "nvidia.com/gpu.product": H100,
+        "nvidia.com/gpu.replicas": "1",
+        "nvidia.com/gpu.sharing-strategy": "none",
+        "nvidia.com/mig.capable": "true",
+        "nvidia.com/mig.strategy": "none",
+        "nvidia.com/mps.capable": "false",
+    }
+
+
+def test_single_strategy_invalid_node_has_an_empty_sharing_strategy_like_gfd() -> None:
+    """GFD leaves gpu.sharing-strategy empty when single cannot describe the node."""
+    assert node_labels([gpu(layout=BALANCED)], "single")["nvidia.com/gpu.sharing-strategy"] == ""
+    valid = node_labels([gpu(layout=all_of("1g.10gb", 7))], "single")
+    assert valid["nvidia.com/gpu.sharing-strategy"] == "none"

@@ -18,6 +18,7 @@ import importlib
 # Not `from typing import ...`: importing typing would slow down every CLI start.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import os
     from typing import Any
 
 __version__ = "0.1.0"
@@ -63,7 +64,6 @@ _EXPORTS: dict[str, str] = {
     "NotSupported": "migkit.errors",
     "NvmlError": "migkit.errors",
     "NvmlLibraryNotFound": "migkit.errors",
-    "open_node": "migkit.nvml.node",
     "parse_profile_name": "migkit.names",
     "PlacedCompute": "migkit.planning.solver",
     "PlacedInstance": "migkit.planning.solver",
@@ -83,7 +83,7 @@ _EXPORTS: dict[str, str] = {
 }
 _SUBMODULES = frozenset({"simulator", "errors", "models", "hardware", "names"})
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = sorted([*_EXPORTS, "__version__", "open_node"])
 
 
 def __getattr__(name: str) -> Any:
@@ -95,6 +95,20 @@ def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"migkit.{name}")
     raise AttributeError(f"module 'migkit' has no attribute {name!r}")
+
+
+def open_node(
+    nvml_library: str | os.PathLike[str] | None = None,
+    simulate: str | None = None,
+    sim_state: str | os.PathLike[str] | None = None,
+) -> Node:
+    """Open the node's GPUs through libnvidia-ml, or a simulated node (see
+    :func:`migkit.nvml.node.open_node`), with the bundled hardware tables to name each GPU's
+    model and to tell a read that failed from a GPU without MIG."""
+    from migkit.hardware import model_for_pci_id
+    from migkit.nvml.node import open_node as open_nvml_node
+
+    return open_nvml_node(nvml_library, simulate, sim_state, bundled_model=model_for_pci_id)
 
 
 def __dir__() -> list[str]:
@@ -140,7 +154,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         Profile,
     )
     from migkit.names import ProfileName, canonical_name, parse_profile_name
-    from migkit.nvml.node import Node, NodeLike, open_node
+    from migkit.nvml.node import Node, NodeLike
     from migkit.planning.plan import GpuPlan, NodePlan, plan_node, plan_offline, render_plan
     from migkit.planning.solver import Layout, PlacedCompute, PlacedInstance, solve
     from migkit.simulator import simulate

@@ -63,7 +63,7 @@ def _add_global(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         "-d",
         "--debug",
         action="store_true",
-        default=argparse.SUPPRESS if suppress else False,
+        default=argparse.SUPPRESS if suppress else None,
         help="verbose output (env MIG_PARTED_DEBUG)",
     )
     parser.add_argument(
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="migkit",
         description="Plan, apply and verify NVIDIA MIG layouts (a drop-in for nvidia-mig-parted).",
     )
-    parser.add_argument("--version", action="version", version=f"migkit {__version__}")
+    parser.add_argument("-v", "--version", action="version", version=f"migkit {__version__}")
     _add_global(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -209,13 +209,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
 
+    p = command(
+        "status",
+        "the current layout: GPU and compute instances, placements, MIG device UUIDs, PIDs",
+        _cmd_status,
+    )
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+
+    p = command("configs", "the configs of a file, and whether each fits this node", _cmd_configs)
+    p.add_argument(
+        "-f", "--config-file", help="mig-parted config file, '-' for stdin (env MIG_PARTED_CONFIG_FILE)"
+    )
+    p.add_argument(
+        "--gpu",
+        action="append",
+        metavar="MODEL",
+        help="check against these bundled models (repeatable) instead of the node",
+    )
+    p.add_argument(
+        "--no-check", action="store_true", help="list only; do not check against any hardware"
+    )
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+
     p = command("labels", "GPU-feature-discovery node labels for the current state", _cmd_labels)
-    p.add_argument("--strategy", choices=("single", "mixed"), default="single")
+    p.add_argument(
+        "--strategy",
+        choices=("none", "single", "mixed"),
+        default="single",
+        help="GFD's MIG strategy (default: single)",
+    )
+    p.add_argument(
+        "--gpu-present",
+        action="store_true",
+        help="add nvidia.com/gpu.present=true, which the GPU Operator (not GFD) sets",
+    )
     p.add_argument("--config-name", help="value for nvidia.com/mig.config")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
 
     p = command("checkpoint", "save the exact MIG state (placements included)", _cmd_checkpoint)
     p.add_argument("-f", "--checkpoint-file", help="output file (env MIG_PARTED_CHECKPOINT_FILE)")
+    p.add_argument(
+        "--format",
+        choices=("migkit", "mig-parted"),
+        default="migkit",
+        help="file format: migkit's (default) or nvidia-mig-parted's; restore reads both",
+    )
 
     p = command("restore", "restore a checkpoint at its exact placements", _cmd_restore)
     p.add_argument(
@@ -234,13 +272,21 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- helpers
 
 
+def _flag(args: argparse.Namespace, dest: str, env_name: str) -> bool:
+    """A boolean option: the command line wins (``--skip-reset=false`` included), then the env."""
+    value = getattr(args, dest, None)
+    if value is None:
+        return env_bool(env_name)
+    return bool(value)
+
+
 def _debug(args: argparse.Namespace) -> bool:
-    return bool(getattr(args, "debug", False)) or env_bool("MIG_PARTED_DEBUG")
+    return _flag(args, "debug", "MIG_PARTED_DEBUG")
 
 
 def open_node_from_args(args: argparse.Namespace) -> Node:
     """The node the global options select: simulated, a state file, or the real driver."""
-    from migkit.nvml.node import open_node
+    from migkit import open_node
 
     spec = getattr(args, "simulate", None) or _env("MIGKIT_SIMULATE")
     state = getattr(args, "sim_state", None) or _env("MIGKIT_SIM_STATE")
@@ -288,7 +334,16 @@ def _write(text: str, out: TextIO | None = None) -> None:
 
 
 def _strict(args: argparse.Namespace) -> bool:
-    return bool(getattr(args, "strict_coverage", None)) or env_bool("MIGKIT_STRICT_COVERAGE")
+    return _flag(args, "strict_coverage", "MIGKIT_STRICT_COVERAGE")
+
+
+def _simulated(args: argparse.Namespace) -> bool:
+    """True when the global options or their variables select a simulated node."""
+    return bool(
+        getattr(args, "simulate", None)
+        or getattr(args, "sim_state", None)
+        or _env("MIGKIT_SIMULATE", "MIGKIT_SIM_STATE")
+    )
 
 
 # --------------------------------------------------------------------------- commands
@@ -305,8 +360,8 @@ def _cmd_apply(args: argparse.Namespace) -> int:
             selected,
             config_file=args.config_file or _env("MIG_PARTED_CONFIG_FILE") or "",
             hooks_file=args.hooks_file or _env("MIG_PARTED_HOOKS_FILE"),
-            skip_reset=bool(args.skip_reset) or env_bool("MIG_PARTED_SKIP_RESET"),
-            mode_only=bool(args.mode_only) or env_bool("MIG_PARTED_MODE_CHANGE_ONLY"),
+            skip_reset=_flag(args, "skip_reset", "MIG_PARTED_SKIP_RESET"),
+            mode_only=_flag(args, "mode_only", "MIG_PARTED_MODE_CHANGE_ONLY"),
             dry_run=args.dry_run,
             strict_coverage=_strict(args),
             debug=_debug(args),
@@ -321,17 +376,13 @@ def _cmd_assert(args: argparse.Namespace) -> int:
     from migkit.execution.orchestrate import assert_config
 
     config, selected = _load_selected(args)
-    valid_only = bool(args.valid_config) or env_bool("MIG_PARTED_VALID_CONFIG")
-    mode_only = bool(args.mode_only) or env_bool("MIG_PARTED_MODE_CHANGE_ONLY")
+    valid_only = _flag(args, "valid_config", "MIG_PARTED_VALID_CONFIG")
+    mode_only = _flag(args, "mode_only", "MIG_PARTED_MODE_CHANGE_ONLY")
     if valid_only:
         from migkit.config import select
 
         select(config, selected)
-        if not (
-            getattr(args, "simulate", None)
-            or getattr(args, "sim_state", None)
-            or _env("MIGKIT_SIMULATE")
-        ):
+        if not _simulated(args):
             return EXIT_OK
     with open_node_from_args(args) as node:
         result = assert_config(
@@ -422,13 +473,42 @@ def _cmd_profiles(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from migkit import status
+
+    with open_node_from_args(args) as node:
+        _write(status.render_status(node.snapshot(), args.output))
+    return EXIT_OK
+
+
+def _cmd_configs(args: argparse.Namespace) -> int:
+    from migkit import configs
+
+    args.selected_config = None
+    config, _ = _load_selected(args)
+    if args.no_check:
+        _write(configs.render_configs(config, fmt=args.output))
+        return EXIT_OK
+    if args.gpu:
+        from migkit.hardware import gpu_model
+
+        models = [gpu_model(name) for name in args.gpu]
+        _write(configs.render_configs(config, models=models, fmt=args.output))
+        return EXIT_OK
+    with open_node_from_args(args) as node:
+        _write(configs.render_configs(config, gpus=node.snapshot(), fmt=args.output))
+    return EXIT_OK
+
+
 def _cmd_labels(args: argparse.Namespace) -> int:
     import json
 
     from migkit import labels
 
     with open_node_from_args(args) as node:
-        values = labels.node_labels(node.snapshot(), args.strategy, config_name=args.config_name)
+        values = labels.node_labels(
+            node.snapshot(), args.strategy, config_name=args.config_name, present=args.gpu_present
+        )
     if args.output == "json":
         _write(json.dumps(values, indent=2, sort_keys=True))
     else:
@@ -443,7 +523,8 @@ def _cmd_checkpoint(args: argparse.Namespace) -> int:
     if not path:
         raise UsageError("a checkpoint file is required: -f/--checkpoint-file FILE")
     with open_node_from_args(args) as node:
-        text = checkpoint.dump(checkpoint.capture(node.snapshot()))
+        gpus = node.snapshot()
+        text = checkpoint.dump(checkpoint.capture(gpus), args.format, gpus)
     with open(path, "w", encoding="utf-8") as out:
         out.write(text)
     return EXIT_OK
@@ -455,14 +536,14 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     path = args.checkpoint_file or _env("MIG_PARTED_CHECKPOINT_FILE")
     if not path:
         raise UsageError("a checkpoint file is required: -f/--checkpoint-file FILE")
-    with open(path, encoding="utf-8") as f:
-        saved = checkpoint.load(f.read(), file=path)
+    saved = checkpoint.read(path)  # validated before the node is opened
     with open_node_from_args(args) as node:
+        saved = checkpoint.for_node(saved, node.snapshot(), file=path)
         report = checkpoint.restore(
             node,
             saved,
-            mode_only=bool(args.mode_only) or env_bool("MIG_PARTED_MODE_CHANGE_ONLY"),
-            skip_reset=bool(args.skip_reset) or env_bool("MIG_PARTED_SKIP_RESET"),
+            mode_only=_flag(args, "mode_only", "MIG_PARTED_MODE_CHANGE_ONLY"),
+            skip_reset=_flag(args, "skip_reset", "MIG_PARTED_SKIP_RESET"),
             hooks_file=args.hooks_file or _env("MIG_PARTED_HOOKS_FILE"),
             checkpoint_file=path,
             progress=sys.stdout,
@@ -475,10 +556,69 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- entry point
 
 
+_GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+
+def _upstream_forms(
+    parser: argparse.ArgumentParser, argv: Sequence[str]
+) -> tuple[list[str], dict[str, bool]]:
+    """Rewrite the spellings of Go's flag packages that argparse does not know.
+
+    nvidia-mig-parted accepts single-dash long flags (``-config-file X``) and boolean flags
+    with a value (``--skip-reset=false``, ``-a=1``; Go's ``strconv.ParseBool`` spellings).
+    Returns the rewritten arguments and the booleans explicitly set, which win over both the
+    defaults and the environment (``--skip-reset=false`` beats ``MIG_PARTED_SKIP_RESET=true``).
+    """
+    subcommands: dict[str, argparse.ArgumentParser] = {}
+    for parser_action in parser._actions:
+        if isinstance(parser_action, argparse._SubParsersAction):
+            subcommands = dict(parser_action.choices)
+    current = parser
+    out: list[str] = []
+    explicit: dict[str, bool] = {}
+    position = 0
+    while position < len(argv):
+        token = argv[position]
+        position += 1
+        if token == "--":
+            out.extend(argv[position - 1 :])
+            break
+        if not token.startswith("-") or token == "-":
+            if current is parser and token in subcommands:
+                current = subcommands[token]
+            out.append(token)
+            continue
+        name, equals, value = token.partition("=")
+        options = current._option_string_actions
+        if not name.startswith("--") and len(name) > 2 and "-" + name in options:
+            name = "-" + name  # Go style: -config-file means --config-file
+        action = options.get(name)
+        if action is not None and action.nargs == 0 and equals:
+            if not isinstance(action, argparse._StoreTrueAction):
+                out.append(token)  # e.g. --help=x: let argparse report it
+                continue
+            if value in _GO_TRUE:
+                explicit[action.dest] = True
+            elif value in _GO_FALSE:
+                explicit[action.dest] = False
+            else:
+                current.error(f"invalid boolean value {value!r} for {name} (use true or false)")
+            continue
+        out.append(name + equals + value)
+        if action is not None and action.nargs is None and not equals and position < len(argv):
+            out.append(argv[position])  # the option's value, never itself an option
+            position += 1
+    return out, explicit
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    args_list, explicit = _upstream_forms(parser, args_list)
     args = parser.parse_args(args_list)
+    for dest, value in explicit.items():
+        setattr(args, dest, value)
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE

@@ -39,6 +39,11 @@ class ConfigError(MigkitError, ValueError):
         return f"{':'.join(where)}: {self.reason}" if where else self.reason
 
 
+class SimulatorStateError(ConfigError):
+    """The simulator's state file cannot be used: unparsable (``file`` and ``line`` say
+    where) or not a regular file."""
+
+
 class InfeasibleError(MigkitError):
     """The requested instances cannot be placed on the GPU; the message says why."""
 
@@ -89,9 +94,10 @@ class NvmlError(MigkitError):
 
     def __init__(self, code: int, message: str = "", *, call: str | None = None) -> None:
         self.code = code
-        self.name = NVML_ERROR_NAMES.get(code, f"UNKNOWN_CODE_{code}")
+        name, default_text = _nvml_return_codes().get(code, (f"UNKNOWN_CODE_{code}", ""))
+        self.name = name
         self.call = call
-        text = message or NVML_ERROR_TEXT.get(code, self.name)
+        text = message or default_text or name
         prefix = f"{call}: " if call else ""
         super().__init__(f"{prefix}{text} (NVML_ERROR_{self.name}, code {code})")
 
@@ -150,58 +156,33 @@ class FunctionNotFound(NvmlError):
     """The loaded libnvidia-ml does not export the function (code 13)."""
 
 
-NVML_ERROR_NAMES: dict[int, str] = {
-    0: "SUCCESS",
-    1: "UNINITIALIZED",
-    2: "INVALID_ARGUMENT",
-    3: "NOT_SUPPORTED",
-    4: "NO_PERMISSION",
-    5: "ALREADY_INITIALIZED",
-    6: "NOT_FOUND",
-    7: "INSUFFICIENT_SIZE",
-    8: "INSUFFICIENT_POWER",
-    9: "DRIVER_NOT_LOADED",
-    10: "TIMEOUT",
-    11: "IRQ_ISSUE",
-    12: "LIBRARY_NOT_FOUND",
-    13: "FUNCTION_NOT_FOUND",
-    14: "CORRUPTED_INFOROM",
-    15: "GPU_IS_LOST",
-    16: "RESET_REQUIRED",
-    17: "OPERATING_SYSTEM",
-    18: "LIB_RM_VERSION_MISMATCH",
-    19: "IN_USE",
-    20: "MEMORY",
-    21: "NO_DATA",
-    22: "VGPU_ECC_NOT_SUPPORTED",
-    23: "INSUFFICIENT_RESOURCES",
-    24: "FREQ_NOT_SUPPORTED",
-    25: "ARGUMENT_VERSION_MISMATCH",
-    26: "DEPRECATED",
-    27: "NOT_READY",
-    28: "GPU_NOT_FOUND",
-    29: "INVALID_STATE",
-    30: "RESET_TYPE_NOT_SUPPORTED",
-    999: "UNKNOWN",
-}
+def _nvml_return_codes() -> dict[int, tuple[str, str]]:
+    """NVML's return codes -> (name, text), read from the compiled shim, which names them once."""
+    global _RETURN_CODES
+    if _RETURN_CODES is None:
+        from migkit._nvml_shim_cffi import ffi, lib
 
-NVML_ERROR_CODES: dict[str, int] = {name: code for code, name in NVML_ERROR_NAMES.items()}
+        table: dict[int, tuple[str, str]] = {}
+        i = 0
+        while (code := int(lib.shim_return_code_at(i))) >= 0:
+            name = ffi.string(lib.shim_error_name(code)).decode()
+            table[code] = (name, ffi.string(lib.shim_error_text(code)).decode())
+            i += 1
+        _RETURN_CODES = table
+    return _RETURN_CODES
 
-NVML_ERROR_TEXT: dict[int, str] = {
-    1: "Uninitialized",
-    2: "Invalid Argument",
-    3: "Not Supported",
-    4: "Insufficient Permissions",
-    6: "Not Found",
-    7: "Insufficient Size",
-    9: "Driver Not Loaded",
-    13: "Function Not Found",
-    15: "GPU is lost",
-    16: "GPU requires restart",
-    19: "In use by another client",
-    23: "Insufficient Resources",
-    999: "Unknown Error",
-}
+
+_RETURN_CODES: dict[int, tuple[str, str]] | None = None
+
+
+def __getattr__(name: str) -> dict[int, str] | dict[str, int]:
+    """``NVML_ERROR_NAMES`` (code -> name) and ``NVML_ERROR_CODES`` (name -> code)."""
+    if name == "NVML_ERROR_NAMES":
+        return {code: row[0] for code, row in _nvml_return_codes().items()}
+    if name == "NVML_ERROR_CODES":
+        return {row[0]: code for code, row in _nvml_return_codes().items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _NVML_ERROR_CLASSES: dict[int, type[NvmlError]] = {
     1: Uninitialized,

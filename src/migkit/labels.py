@@ -27,9 +27,14 @@ MIG device's memory, multiprocessors and engine counts come from its
 ``gpu.replicas`` — ``"0"`` when every GPU has MIG enabled, ``"1"`` when a GPU is used whole.
 MIG-enabled GPUs without MIG devices are ignored, as GFD ignores them.
 
-Always: ``gpu.sharing-strategy`` ``"none"``, ``gpu.present`` ``"true"``, ``mps.capable``
-``"false"`` (migkit configures no MPS), ``mig.capable``, ``mig.strategy``, and
-``mig.config`` / ``mig.config.state`` when given.
+**none** (GFD's default: MIG devices are not advertised; every GPU counts whole): the
+full-GPU labels for every GPU (count = GPUs, replicas ``1``, memory = GPU memory).
+
+Always: ``gpu.sharing-strategy`` ``"none"`` (empty under single when the node is labelled
+``MIG-INVALID``, as GFD leaves it), ``mps.capable`` ``"false"`` (migkit configures no MPS),
+``mig.capable``, ``mig.strategy``, and ``mig.config`` / ``mig.config.state`` when given.
+``gpu.present`` is the GPU Operator's label, not GFD's, so it is added only on request
+(``present=True``, ``migkit labels --gpu-present``).
 
 Profile names in label keys and products follow GFD: attributes are joined with ``.``
 instead of ``+`` (``+`` is not legal in a label key), so ``1g.10gb+me`` becomes
@@ -51,6 +56,7 @@ from migkit.models import ComputeInstance, GpuInstance, GpuState
 from migkit.names import canonical_from_nvml
 
 __all__ = [
+    "STRATEGIES",
     "LabelError",
     "MigDevice",
     "Strategy",
@@ -61,7 +67,8 @@ __all__ = [
     "single_strategy_problem",
 ]
 
-Strategy = Literal["single", "mixed"]
+Strategy = Literal["none", "single", "mixed"]
+STRATEGIES: tuple[Strategy, ...] = ("none", "single", "mixed")
 
 _PREFIX = "nvidia.com/"
 
@@ -202,22 +209,41 @@ def _mig_resource_labels(resource: str, device: MigDevice, count: int) -> dict[s
     return labels
 
 
+def _whole_gpu_labels(gpus: Sequence[GpuState]) -> dict[str, str]:
+    """Strategy none: every GPU is one ``nvidia.com/gpu``, MIG mode or not."""
+    if not gpus:
+        return {}
+    reference = gpus[0]
+    return {
+        _key("gpu", "product"): product_label(reference.name),
+        _key("gpu", "count"): str(sum(gpu.name == reference.name for gpu in gpus)),
+        _key("gpu", "replicas"): "1",
+        _key("gpu", "memory"): str(reference.memory_mib),
+    }
+
+
 def node_labels(
     gpus: Sequence[GpuState],
     strategy: Strategy | str,
     config_name: str | None = None,
     config_state: str | None = None,
+    *,
+    present: bool = False,
 ) -> dict[str, str]:
     """The node labels GFD would publish for ``gpus`` under ``strategy``, sorted by key.
 
     ``config_name`` and ``config_state`` add ``nvidia.com/mig.config`` and
-    ``nvidia.com/mig.config.state`` (written by the user/operator and the MIG manager).
+    ``nvidia.com/mig.config.state`` (written by the user/operator and the MIG manager);
+    ``present`` adds the GPU Operator's ``nvidia.com/gpu.present=true``.
     """
-    if strategy not in ("single", "mixed"):
-        raise LabelError(f"unknown MIG strategy {strategy!r} (use 'single' or 'mixed')")
-    labels = _full_gpu_labels(gpus)
+    if strategy not in STRATEGIES:
+        raise LabelError(f"unknown MIG strategy {strategy!r} (use none, single or mixed)")
+    sharing = "none"
+    labels = _whole_gpu_labels(gpus) if strategy == "none" else _full_gpu_labels(gpus)
     devices = mig_devices(gpus)
-    if strategy == "single":
+    if strategy == "none":
+        pass
+    elif strategy == "single":
         problem = single_strategy_problem(gpus)
         first_enabled = next((gpu for gpu in gpus if _enabled(gpu)), None)
         if problem is not None and first_enabled is not None:
@@ -229,6 +255,7 @@ def node_labels(
                     _key("gpu", "memory"): "0",
                 }
             )
+            sharing = ""  # GFD leaves the sharing strategy empty on an invalid node
         elif devices:
             labels.update(_mig_resource_labels("gpu", devices[0], len(devices)))
     else:
@@ -240,9 +267,10 @@ def node_labels(
             labels.update(_mig_resource_labels(resource, members[0], len(members)))
             labels[_key(resource, "sharing-strategy")] = "none"
     if gpus:
-        labels[_key("gpu", "sharing-strategy")] = "none"
-        labels[_key("gpu", "present")] = "true"
+        labels[_key("gpu", "sharing-strategy")] = sharing
         labels[f"{_PREFIX}mps.capable"] = "false"
+        if present:
+            labels[_key("gpu", "present")] = "true"
     labels[f"{_PREFIX}mig.capable"] = "true" if any(gpu.mig_capable for gpu in gpus) else "false"
     labels[f"{_PREFIX}mig.strategy"] = strategy
     if config_name is not None:

@@ -302,18 +302,9 @@ class GpuState:
         return self.as_model().profile(key)
 
     def device_counts(self) -> ProfileCounts:
-        """MIG devices by canonical profile name, as a config's ``mig-devices`` says them.
-
-        Each compute instance counts once under its own profile: a CI covering its whole GPU
-        instance under the GI's name (``3g.40gb``), a smaller one as ``1c.3g.40gb``. A GPU
-        instance without compute instances contributes nothing (it is no MIG device), and a
-        GPU with MIG disabled has none.
-        """
-        if not self.mig_enabled:
-            return ProfileCounts()
-        return ProfileCounts(
-            (canonical_from_nvml(ci.profile), 1) for gi in self.gpu_instances for ci in gi.compute_instances
-        )
+        """MIG devices by canonical profile name (see :func:`device_counts`); none while MIG is
+        disabled."""
+        return device_counts(self.gpu_instances) if self.mig_enabled else ProfileCounts()
 
     def orphan_instances(self) -> tuple[GpuInstance, ...]:
         """GPU instances without compute instances: no MIG device, so invisible to
@@ -334,3 +325,13 @@ class GpuState:
             max_mig_devices=max((pr.instance_count for pr in self.profiles), default=0),
             profiles=self.profiles,
         )
+
+
+def device_counts(instances: Iterable[GpuInstance]) -> ProfileCounts:
+    """MIG devices by canonical profile name, as a config's ``mig-devices`` says them.
+
+    Each compute instance counts once under its own profile: a CI covering its whole GPU
+    instance under the GI's name (``3g.40gb``), a smaller one as ``1c.3g.40gb``. A GPU
+    instance without compute instances contributes nothing (it is no MIG device).
+    """
+    return ProfileCounts((canonical_from_nvml(ci.profile), 1) for gi in instances for ci in gi.compute_instances)

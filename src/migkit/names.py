@@ -177,7 +177,7 @@ def canonical_from_nvml(nvml_name: str) -> str:
 
 
 def computed_gb(memory_mib: int, device_total_bytes: int) -> int:
-    """The GB number mig-parted puts in a profile name (facts §1.6), in exact integers.
+    """The GB number mig-parted puts in a profile name when it computes one, in exact integers.
 
     ``k = ceil(8 * mem / total)`` eighths of the board, ``totalGB = ceil(total / 2**30)``, and
     ``GB = round_half_away_from_zero(k * totalGB / 8)``::

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import migkit
+from builders import mutations
 from migkit import simulator
 from migkit.cli import main
 from migkit.execution import host
@@ -44,8 +45,7 @@ def cfg(tmp_path: Path) -> str:
 
 
 def mutating_calls(state: str) -> int:
-    counts = simulator.stats(state)
-    return sum(v for k, v in counts.items() if "Create" in k or "Destroy" in k or k == "nvmlDeviceSetMigMode")
+    return sum(mutations(state).values())
 
 
 def test_version_and_help_exit_cleanly(capsys: pytest.CaptureFixture[str]) -> None:

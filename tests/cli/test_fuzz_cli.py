@@ -12,18 +12,16 @@ See ``test_fuzz_config.py`` for how to run the long Hypothesis profile.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
-import sys
 from collections.abc import Iterator, Sequence
 
-import attrs
 import pytest
 import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from builders import MUTATING, CliRun, run_cli
 from migkit import checkpoint, cli, simulator
 from migkit.config import load_config, select
 from migkit.hardware import gpu_model, gpu_models
@@ -66,16 +64,6 @@ ENV_VARS = (
     "MIGKIT_SIM_FAULTS",
     "MIGKIT_SIM_LATENCY_MS",
     "MIGKIT_READ_ONLY",
-)
-MUTATING_CALLS = (
-    "nvmlDeviceSetMigMode",
-    "nvmlDeviceCreateGpuInstance",
-    "nvmlDeviceCreateGpuInstanceWithPlacement",
-    "nvmlGpuInstanceDestroy",
-    "nvmlGpuInstanceCreateComputeInstance",
-    "nvmlGpuInstanceCreateComputeInstanceWithPlacement",
-    "nvmlComputeInstanceDestroy",
-    "migkitSimResetGpu",
 )
 
 # Files every example's working directory holds (see `workspace`).
@@ -397,34 +385,7 @@ def node_configs(draw: st.DrawFn, models: Sequence[str]) -> dict[str, object]:
 # ---------------------------------------------------------------------- running the CLI
 
 
-@attrs.frozen
-class Outcome:
-    """What one ``cli.main`` call did."""
-
-    code: int
-    stdout: str
-    stderr: str
-    system_exit: bool
-
-
-def run_cli(argv: list[str], stdin: str = "") -> Outcome:
-    """Run ``cli.main`` with captured stdout/stderr and the given stdin."""
-    out, err = io.StringIO(), io.StringIO()
-    saved_stdin = sys.stdin
-    sys.stdin = io.StringIO(stdin)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = cli.main(argv)
-            except SystemExit as exit_:
-                assert exit_.code in (0, 2), (argv, exit_.code, err.getvalue())
-                return Outcome(int(exit_.code or 0), out.getvalue(), err.getvalue(), True)
-    finally:
-        sys.stdin = saved_stdin
-    return Outcome(code, out.getvalue(), err.getvalue(), False)
-
-
-def check_outcome(argv: list[str], outcome: Outcome) -> None:
+def check_outcome(argv: list[str], outcome: CliRun) -> None:
     """Exit codes are 0, 1 or 2; exit 2 says why on stderr; exit 1 says something."""
     assert type(outcome.code) is int
     assert outcome.code in (0, 1, 2), (argv, outcome)
@@ -596,7 +557,7 @@ def test_apply_success_means_assert_holds_and_a_second_apply_changes_nothing(
         again = run_cli([*base, "apply", "-f", CONFIG, "-c", "target", *mode, *flags])
         assert again.code == 0, (document, again)
         after = simulator.stats(state)
-        changed = {c: after.get(c, 0) - before.get(c, 0) for c in MUTATING_CALLS}
+        changed = {c: after.get(c, 0) - before.get(c, 0) for c in MUTATING}
         assert not any(changed.values()), (document, changed, again)
         # and the node can always be returned to all-disabled
         back = run_cli([*base, "apply", "-f", CONFIG, "-c", "all-disabled"])

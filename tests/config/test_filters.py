@@ -42,7 +42,7 @@ ZERO_SUB = (0x25B610DE, 0x00000000)
 def test_upstream_matching_table(
     hardware: tuple[int, int], filters: list[str], match: bool
 ) -> None:
-    """The matching examples of facts §1.7 (from upstream's tests) hold."""
+    """Upstream's own matching examples (from its tests) hold."""
     parsed = [DeviceFilter.parse(f) for f in filters]
     assert filters_match(parsed, *hardware) is match
 

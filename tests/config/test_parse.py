@@ -63,7 +63,7 @@ EXAMPLE = doc(
 
 
 def test_the_fact_sheet_example_loads() -> None:
-    """The illustrative file of facts §1.3 loads into the expected entries."""
+    """An illustrative mixed-node file loads into the expected entries."""
     config = load_config(EXAMPLE)
     first, second = config.configs["mixed-node"]
     assert first.devices == "all" and first.mig_enabled
@@ -309,7 +309,8 @@ def test_v21_counts_must_be_integers(value: str, says: str) -> None:
 
 
 def test_counts_canonicalise_and_sum() -> None:
-    """Keys are canonicalised and duplicates that canonicalise alike are summed (P2)."""
+    """Keys are canonicalised and duplicates that canonicalise alike are summed,
+    so 1c.1g.5gb and 1g.5gb are one profile, not a perpetual difference."""
     entry = only_entry(
         entry_doc(
             "devices: all\nmig-enabled: true\nmig-devices: {1c.1g.5gb: 2, 1g.5gb: 3, 01g.05gb: 1}"
@@ -371,10 +372,11 @@ def test_yaml_syntax_errors_are_config_errors_with_positions() -> None:
     assert "not valid YAML" in error_of("a: b\n---\nc: d\n").reason
 
 
-def test_duplicate_keys_are_refused() -> None:
-    """A key written twice in one mapping is an error naming the first occurrence."""
-    err = error_of(entry_doc("devices: all\nmig-enabled: false\ndevices: [0]"))
-    assert 'key "devices" appears twice (first on line 4)' in err.reason
+def test_duplicate_keys_warn_and_the_last_one_wins() -> None:
+    """A key written twice in one mapping warns, naming both lines; the later value is used."""
+    config = load_config(entry_doc("devices: all\nmig-enabled: false\ndevices: [0]"))
+    assert config.configs["c"][0].devices == (0,)
+    assert any('key "devices" appears twice (lines 4 and 6)' in w.message for w in config.warnings)
 
 
 def test_anchors_aliases_and_merge_keys() -> None:
@@ -429,7 +431,7 @@ def test_non_string_config_names_become_strings() -> None:
 
 
 def test_select_rules() -> None:
-    """§2.3: one config is picked automatically; several need a name; unknown names fail."""
+    """One config is picked automatically; several need a name; unknown names fail."""
     one = load_config(entry_doc("devices: all\nmig-enabled: false"))
     assert select(one, None).name == "c"
     two = load_config(

@@ -3,6 +3,7 @@ validation before mutation, failures mid-apply, and concurrency."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,18 +14,17 @@ from pathlib import Path
 import pytest
 
 import migkit
+from builders import mutations, on_node, snapshot
 from migkit import simulator
-from migkit.cli import main as cli_main
 from migkit.config import load_config
 
-MUTATING = (
-    "nvmlDeviceSetMigMode",
+# The NVML calls an apply makes to change a GPU's instances (placements chosen by the plan).
+LAYOUT_CALLS = (
     "nvmlDeviceCreateGpuInstanceWithPlacement",
     "nvmlGpuInstanceCreateComputeInstanceWithPlacement",
     "nvmlComputeInstanceDestroy",
     "nvmlGpuInstanceDestroy",
 )
-
 OPERATOR_CONFIG = """\
 version: v1
 mig-configs:
@@ -104,50 +104,30 @@ def node8(tmp_path: Path) -> Iterator[str]:
     yield simulator.write_state(tmp_path / "node.state", "8xh100-80gb")
 
 
-def run_cli(*args: str, state: str) -> int:
-    return cli_main(["--sim-state", state, *args])
-
-
-def snapshot(state: str) -> tuple[migkit.GpuState, ...]:
-    with migkit.open_node(sim_state=state) as node:
-        return node.snapshot()
-
-
-def mutations(state: str) -> dict[str, int]:
-    counts = simulator.stats(state)
-    return {name: counts.get(name, 0) for name in MUTATING}
-
-
 def test_single_strategy_all_1g_10gb(
-    node8: str, config_file: str, capsys: pytest.CaptureFixture[str]
+    node8: str, config_file: str
 ) -> None:
     """all-1g.10gb gives 7 MIG devices per H100 and single-strategy labels for all of them."""
-    assert run_cli("apply", "-f", config_file, "-c", "all-1g.10gb", state=node8) == 0
-    assert run_cli("assert", "-f", config_file, "-c", "all-1g.10gb", state=node8) == 0
+    assert on_node(node8, "apply", "-f", config_file, "-c", "all-1g.10gb").code == 0
+    assert on_node(node8, "assert", "-f", config_file, "-c", "all-1g.10gb").code == 0
     gpus = snapshot(node8)
     assert all(len(g.gpu_instances) == 7 for g in gpus)
     assert all(g.device_counts() == {"1g.10gb": 7} for g in gpus)
-    capsys.readouterr()
-    assert run_cli("labels", "--strategy", "single", "-o", "json", state=node8) == 0
-    import json
-
-    labels = json.loads(capsys.readouterr().out)
+    run = on_node(node8, "labels", "--strategy", "single", "-o", "json")
+    assert run.code == 0
+    labels = json.loads(run.stdout)
     assert labels["nvidia.com/gpu.count"] == "56"
     assert labels["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3-MIG-1g.10gb"
     assert labels["nvidia.com/gpu.slices.gi"] == "1"
     assert labels["nvidia.com/mig.strategy"] == "single"
 
 
-def test_mixed_strategy_all_balanced_labels(
-    node8: str, config_file: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_mixed_strategy_all_balanced_labels(node8: str, config_file: str) -> None:
     """all-balanced gives 2x1g.10gb, 1x2g.20gb, 1x3g.40gb per GPU with the documented label values."""
-    assert run_cli("apply", "-f", config_file, "-c", "all-balanced", state=node8) == 0
-    capsys.readouterr()
-    assert run_cli("labels", "--strategy", "mixed", "-o", "json", state=node8) == 0
-    import json
-
-    labels = json.loads(capsys.readouterr().out)
+    assert on_node(node8, "apply", "-f", config_file, "-c", "all-balanced").code == 0
+    run = on_node(node8, "labels", "--strategy", "mixed", "-o", "json")
+    assert run.code == 0
+    labels = json.loads(run.stdout)
     expected = {
         "1g.10gb": ("16", "1", "1", "9984", "16", "1"),
         "2g.20gb": ("8", "2", "2", "20096", "32", "2"),
@@ -166,13 +146,13 @@ def test_mixed_strategy_all_balanced_labels(
 
 def test_reconfigure_all_balanced_to_all_3g(node8: str, config_file: str) -> None:
     """all-balanced -> all-3g.40gb keeps the existing 3g.40gb of every GPU."""
-    assert run_cli("apply", "-f", config_file, "-c", "all-balanced", state=node8) == 0
+    assert on_node(node8, "apply", "-f", config_file, "-c", "all-balanced").code == 0
     before = {
         g.index: next(gi for gi in g.gpu_instances if gi.profile == "3g.40gb")
         for g in snapshot(node8)
     }
-    assert run_cli("apply", "-f", config_file, "-c", "all-3g.40gb", state=node8) == 0
-    assert run_cli("assert", "-f", config_file, "-c", "all-3g.40gb", state=node8) == 0
+    assert on_node(node8, "apply", "-f", config_file, "-c", "all-3g.40gb").code == 0
+    assert on_node(node8, "assert", "-f", config_file, "-c", "all-3g.40gb").code == 0
     for gpu in snapshot(node8):
         assert gpu.device_counts() == {"3g.40gb": 2}
         assert any(
@@ -183,9 +163,9 @@ def test_reconfigure_all_balanced_to_all_3g(node8: str, config_file: str) -> Non
 
 def test_keeping_instances_destroys_one_gi_per_gpu(node8: str, config_file: str) -> None:
     """all-balanced -> {3g.40gb:1, 1g.10gb:4} destroys exactly the 2g.20gb on each GPU."""
-    assert run_cli("apply", "-f", config_file, "-c", "all-balanced", state=node8) == 0
+    assert on_node(node8, "apply", "-f", config_file, "-c", "all-balanced").code == 0
     before = simulator.stats(node8)
-    assert run_cli("apply", "-f", config_file, "-c", "keep-3g-and-1gs", state=node8) == 0
+    assert on_node(node8, "apply", "-f", config_file, "-c", "keep-3g-and-1gs").code == 0
     after = simulator.stats(node8)
     destroyed = after.get("nvmlGpuInstanceDestroy", 0) - before.get("nvmlGpuInstanceDestroy", 0)
     assert destroyed == 8
@@ -195,53 +175,54 @@ def test_keeping_instances_destroys_one_gi_per_gpu(node8: str, config_file: str)
 def test_custom_per_device_config(tmp_path: Path, config_file: str) -> None:
     """The documentation's custom-mig example: each GPU gets its own layout; unlisted GPUs stay."""
     state = simulator.write_state(tmp_path / "n.state", "5xh100-80gb")
-    assert run_cli("apply", "-f", config_file, "-c", "custom-mig", state=state) == 0
+    assert on_node(state, "apply", "-f", config_file, "-c", "custom-mig").code == 0
     gpus = snapshot(state)
     assert not gpus[0].mig_enabled
     assert gpus[1].device_counts() == {"1g.10gb": 2}
     assert gpus[2].device_counts() == {"2g.20gb": 2, "3g.40gb": 1}
     assert gpus[3].device_counts() == {"3g.40gb": 1, "4g.40gb": 1}
     assert not gpus[4].mig_enabled  # not covered: untouched
-    assert run_cli("assert", "-f", config_file, "-c", "custom-mig", state=state) == 0
+    assert on_node(state, "assert", "-f", config_file, "-c", "custom-mig").code == 0
 
 
 def test_five_1g_one_2g_then_all_disabled(node8: str, config_file: str) -> None:
     """five-1g-one-2g applies on every GPU, and all-disabled turns MIG off again."""
-    assert run_cli("apply", "-f", config_file, "-c", "five-1g-one-2g", state=node8) == 0
+    assert on_node(node8, "apply", "-f", config_file, "-c", "five-1g-one-2g").code == 0
     assert all(g.device_counts() == {"1g.10gb": 5, "2g.20gb": 1} for g in snapshot(node8))
-    assert run_cli("apply", "-f", config_file, "-c", "all-disabled", state=node8) == 0
+    assert on_node(node8, "apply", "-f", config_file, "-c", "all-disabled").code == 0
     assert all(not g.mig_enabled and not g.gpu_instances for g in snapshot(node8))
-    assert run_cli("assert", "-f", config_file, "-c", "all-disabled", state=node8) == 0
+    assert on_node(node8, "assert", "-f", config_file, "-c", "all-disabled").code == 0
 
 
 def test_matching_node_is_not_touched(node8: str, config_file: str) -> None:
     """A second apply of the same config issues no mutating NVML call."""
-    assert run_cli("apply", "-f", config_file, "-c", "all-balanced", state=node8) == 0
+    assert on_node(node8, "apply", "-f", config_file, "-c", "all-balanced").code == 0
     before = mutations(node8)
-    assert run_cli("apply", "-f", config_file, "-c", "all-balanced", state=node8) == 0
+    assert on_node(node8, "apply", "-f", config_file, "-c", "all-balanced").code == 0
     assert mutations(node8) == before
 
 
 @pytest.mark.parametrize("name", ["bogus-profile", "too-much"])
 def test_invalid_configs_exit_2_without_mutation(
-    node8: str, config_file: str, name: str, capsys: pytest.CaptureFixture[str]
+    node8: str, config_file: str, name: str
 ) -> None:
     """An unknown profile or an infeasible layout stops before any mutating NVML call."""
-    assert run_cli("apply", "-f", config_file, "-c", name, state=node8) == 2
-    err = capsys.readouterr().err
+    run = on_node(node8, "apply", "-f", config_file, "-c", name)
+    assert run.code == 2
+    err = run.stderr
     assert "GPU 0" in err
     assert ("2g.10gb" in err) if name == "bogus-profile" else ("slice" in err)
     assert not any(mutations(node8).values())
 
 
 def test_assert_fails_with_reason_on_drift(
-    node8: str, config_file: str, capsys: pytest.CaptureFixture[str]
+    node8: str, config_file: str
 ) -> None:
     """assert exits 1 and says which GPU differs and how."""
-    assert run_cli("apply", "-f", config_file, "-c", "all-balanced", state=node8) == 0
-    capsys.readouterr()
-    assert run_cli("assert", "-f", config_file, "-c", "all-3g.40gb", state=node8) == 1
-    err = capsys.readouterr().err
+    assert on_node(node8, "apply", "-f", config_file, "-c", "all-balanced").code == 0
+    run = on_node(node8, "assert", "-f", config_file, "-c", "all-3g.40gb")
+    assert run.code == 1
+    err = run.stderr
     assert "GPU 0" in err and "3g.40gb" in err
 
 
@@ -253,7 +234,7 @@ def test_ampere_mode_change_resets_only_changed_gpus(tmp_path: Path, config_file
         "version: v1\nmig-configs:\n  one:\n    - devices: [1]\n      mig-enabled: true\n"
         '      mig-devices: {"3g.40gb": 2}\n'
     )
-    assert run_cli("apply", "-f", str(cfg), "-c", "one", state=state) == 0
+    assert on_node(state, "apply", "-f", str(cfg), "-c", "one").code == 0
     gpus = snapshot(state)
     assert not gpus[0].mig_enabled and gpus[1].mig_enabled
     assert simulator.stats(state).get("migkitSimResetGpu") == 1
@@ -266,10 +247,10 @@ def test_skip_reset_reports_pending_mode(tmp_path: Path) -> None:
     cfg.write_text(
         "version: v1\nmig-configs:\n  on:\n    - devices: all\n      mig-enabled: true\n      mig-devices: {}\n"
     )
-    assert run_cli("apply", "--mode-only", "--skip-reset", "-f", str(cfg), state=state) == 0
+    assert on_node(state, "apply", "--mode-only", "--skip-reset", "-f", str(cfg)).code == 0
     gpu = snapshot(state)[0]
     assert gpu.mig_mode == 0 and gpu.pending_mig_mode == 1
-    assert run_cli("apply", "-f", str(cfg), state=state) == 0
+    assert on_node(state, "apply", "-f", str(cfg)).code == 0
     assert snapshot(state)[0].mig_enabled
 
 
@@ -283,7 +264,7 @@ def _leaks(gpu: migkit.GpuState) -> list[str]:
     return [f"{gi.profile}@{gi.start}" for gi in gpu.gpu_instances if not gi.compute_instances]
 
 
-@pytest.mark.parametrize("function", MUTATING[1:])
+@pytest.mark.parametrize("function", LAYOUT_CALLS)
 def test_fault_at_every_mutating_call_restores_and_converges(
     tmp_path: Path, config_file: str, monkeypatch: pytest.MonkeyPatch, function: str
 ) -> None:
@@ -351,9 +332,9 @@ def test_killed_apply_converges_on_rerun(node8: str, config_file: str) -> None:
     time.sleep(0.6)  # mode phase done (150 ms), config phase (8 x 150 ms per GPU) under way
     proc.kill()
     proc.wait()
-    assert run_cli("assert", "-f", config_file, "-c", "all-balanced", state=node8) == 1
-    assert run_cli("apply", "-f", config_file, "-c", "all-balanced", state=node8) == 0
-    assert run_cli("assert", "-f", config_file, "-c", "all-balanced", state=node8) == 0
+    assert on_node(node8, "assert", "-f", config_file, "-c", "all-balanced").code == 1
+    assert on_node(node8, "apply", "-f", config_file, "-c", "all-balanced").code == 0
+    assert on_node(node8, "assert", "-f", config_file, "-c", "all-balanced").code == 0
 
 
 def test_concurrent_applies_do_not_interleave(node8: str, config_file: str) -> None:
@@ -367,4 +348,4 @@ def test_concurrent_applies_do_not_interleave(node8: str, config_file: str) -> N
     assert first.returncode == 0, err1
     assert second.returncode == 1
     assert "another migkit apply is running" in err2
-    assert run_cli("assert", "-f", config_file, "-c", "all-balanced", state=node8) == 0
+    assert on_node(node8, "assert", "-f", config_file, "-c", "all-balanced").code == 0

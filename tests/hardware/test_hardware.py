@@ -6,7 +6,8 @@ import pytest
 
 import migkit
 from migkit.errors import UnknownModelError, UnknownProfileError
-from migkit.hardware import canonical_from_nvml, model_for_pci_id
+from migkit.hardware import MARKS, _check_table, _raw_tables, canonical_from_nvml, model_for_pci_id, provenance
+from migkit.names import computed_gb
 
 REQUIRED_MODELS = {
     "a100-40gb",
@@ -19,6 +20,25 @@ REQUIRED_MODELS = {
     "b200-180gb",
     "rtx-pro-6000",
     "l40s",
+    # the rest of the GPU Operator's default config (one per PCI device id it names)
+    "a100-pcie-40gb",
+    "a100-pcie-40gb-20b1",
+    "a800-pcie-40gb",
+    "a100-pcie-80gb",
+    "a800-sxm4-80gb",
+    "a800-pcie-80gb",
+    "pg506-96gb",
+    "h100-pcie-80gb",
+    "h800-pcie-80gb",
+    "h800-80gb",
+    "h800-nvl-94gb",
+    "h100-96gb",
+    "h20-96gb",
+    "gh200-144gb",
+    "h200-nvl-141gb",
+    "gb200-186gb",
+    "b300-269gb",
+    "gb300-278gb",
 }
 
 
@@ -28,7 +48,7 @@ def test_every_required_model_is_bundled() -> None:
 
 
 def test_h100_table_matches_the_fact_sheet() -> None:
-    """H100 80GB: IDs, names, memory, SMs, caps and placements as observed (nvml-facts §8.4)."""
+    """H100 80GB: IDs, names, memory, SMs, caps and placements as observed as nvidia-smi mig -lgip shows them."""
     model = migkit.gpu_model("h100-80gb")
     rows = [
         (
@@ -56,7 +76,7 @@ def test_h100_table_matches_the_fact_sheet() -> None:
 
 
 def test_a100_40gb_names_follow_the_fact_sheet() -> None:
-    """A100-40GB profile names and memory (nvml-facts §8.1)."""
+    """A100-40GB profile names and memory as nvidia-smi mig -lgip shows them."""
     model = migkit.gpu_model("a100-40gb")
     assert {p.name: p.memory_mib for p in model.profiles} == {
         "1g.5gb": 4864,
@@ -87,17 +107,16 @@ def test_non_mig_gpu_has_no_profiles() -> None:
 
 def test_inferred_values_are_marked() -> None:
     """Placements never seen on hardware are marked inferred, observed ones observed."""
-    assert all(p.placements_mark == "inferred" for p in migkit.gpu_model("h200-141gb").profiles)
-    assert all(p.placements_mark == "observed" for p in migkit.gpu_model("h100-80gb").profiles)
+    assert all(p.placements_mark == "inferred" for p in migkit.gpu_model("gh200-96gb").profiles)
+    for name in ("h100-80gb", "h200-141gb"):  # -lgipp captured on 580.159.04
+        assert all(p.placements_mark == "observed" for p in migkit.gpu_model(name).profiles)
     assert migkit.gpu_model("b200-180gb").profile("7g.180gb").mark == "inferred"
 
 
 def test_compute_profiles_follow_the_observed_lcip_table() -> None:
-    """3g GIs offer 1c x3, 2c x1 and the full 3g; the full one comes first (nvml-facts §6.9)."""
+    """3g GIs offer 1c x3, 2c x1 and the full 3g; the full one comes first."""
     profile = migkit.gpu_model("a100-40gb").profile("3g.20gb")
-    assert [
-        (c.id, c.name, c.instance_count, c.multiprocessors) for c in profile.compute_profiles
-    ] == [
+    assert [(c.id, c.name, c.instance_count, c.multiprocessors) for c in profile.compute_profiles] == [
         (2, "3g.20gb", 1, 42),
         (1, "2c.3g.20gb", 1, 28),
         (0, "1c.3g.20gb", 3, 14),
@@ -133,3 +152,43 @@ def test_models_are_found_by_pci_id() -> None:
     found = model_for_pci_id(0x20B710DE)
     assert found is not None and found.name == "a30-24gb"
     assert model_for_pci_id(0x12345678) is None
+
+
+def test_one_pci_id_with_two_tables_is_told_apart_by_memory() -> None:
+    """0x2941 is the GB200 as production drivers present it and as an early driver did."""
+    found = [model_for_pci_id(0x294110DE, memory) for memory in (None, 189471, 193024)]
+    assert [m.name if m else None for m in found] == ["gb200-186gb", "gb200-186gb", "gb200-189gb"]
+
+
+@pytest.mark.parametrize("model", migkit.gpu_models(), ids=lambda m: m.name)
+def test_profile_names_follow_the_memory_rule(model: migkit.GpuModel) -> None:
+    """Every name's GB figure is what mig-parted computes from the profile and total memory."""
+    for p in model.profiles:
+        figure = int(p.name.split(".")[1].split("gb")[0])
+        assert computed_gb(p.memory_mib, model.memory_mib * 2**20) == figure, p.name
+
+
+@pytest.mark.parametrize("model", migkit.gpu_models(), ids=lambda m: m.name)
+def test_every_value_is_marked_and_sourced(model: migkit.GpuModel) -> None:
+    """Marks are observed/derived/inferred; a table that is not wholly observed names sources,
+    and a row that is not observed says where it comes from (in the row or the table)."""
+    origin = provenance(model.name)
+    assert origin.identity_mark in MARKS and origin.sources
+    row_sources = dict(origin.profile_sources)
+    for p in model.profiles:
+        assert p.mark in MARKS and p.placements_mark in MARKS
+        if p.mark != "observed" and not origin.notes:
+            assert row_sources.get(p.id), f"{model.name} {p.name} is {p.mark} without a source"
+
+
+def test_inconsistent_tables_are_refused() -> None:
+    """The loader fails closed on an unknown mark or a placement that cannot be."""
+    table = _raw_tables()["a30-24gb"]
+    bad_mark = {**table, "profiles": [{**table["profiles"][0], "mark": "guessed"}]}
+    with pytest.raises(ValueError, match="guessed"):
+        _check_table(bad_mark)
+    row = table["profiles"][0]
+    outside = {**table, "profiles": [{**row, "placements": [*row["placements"][:-1], [4, 1]]}]}
+    with pytest.raises(ValueError, match="outside"):
+        _check_table(outside)
+    _check_table(table)

@@ -1,7 +1,7 @@
 """ABI cross-check: NVIDIA's own Python binding and migkit's shim read the same simulator.
 
 pynvml (nvidia-ml-py) declares NVIDIA's structs with ctypes; migkit's shim declares its own
-from the fact sheet's layout tables. The simulator has the soname ``libnvidia-ml.so.1``, so
+from the struct layouts of NVIDIA's published nvml.h. The simulator has the soname ``libnvidia-ml.so.1``, so
 once migkit's shim has loaded it, pynvml's ``CDLL("libnvidia-ml.so.1")`` gets the very same
 library. If every value agrees, our layouts match NVIDIA's.
 """
@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
+from migkit import open_node
 from migkit.models import GpuState, Placement
 from migkit.nvml.node import (
     ComputeInstanceRequest,
     GpuInstanceRequest,
     MigModeRequest,
     Node,
-    open_node,
 )
 
 pynvml: Any = pytest.importorskip("pynvml")
@@ -150,6 +150,8 @@ def _read_with_pynvml(index: int) -> dict[str, Any]:
             info = pynvml.nvmlDeviceGetGpuInstanceProfileInfo(device, profile_index)
         except pynvml.NVMLError_NotSupported:
             continue
+        except pynvml.NVMLError_InvalidArgument:  # past the driver's last index (R580: 0x11)
+            break
         placements = _placements(
             pynvml.nvmlDeviceGetGpuInstancePossiblePlacements,
             device,

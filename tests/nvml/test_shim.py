@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from migkit import hardware, simulator
+from builders import MUTATING
+from migkit import hardware, open_node, simulator
 from migkit.errors import (
     InsufficientResources,
     InUse,
@@ -19,6 +20,7 @@ from migkit.errors import (
 from migkit.models import GpuState, Placement
 from migkit.names import canonical_from_nvml
 from migkit.nvml import _binding as _nvml
+from migkit.nvml import _decode
 from migkit.nvml._binding import lib
 from migkit.nvml.node import (
     STATUS_NOT_ATTEMPTED,
@@ -28,10 +30,9 @@ from migkit.nvml.node import (
     GpuInstanceRequest,
     MigModeRequest,
     Node,
-    open_node,
 )
 
-H100_PROFILES = [  # nvml-facts §8.4: id, NVML name, MiB, SMs, placements
+H100_PROFILES = [  # H100 SXM5 as read on driver 580: id, NVML name, MiB, SMs, placements
     (19, "MIG 1g.10gb", 9984, 16, "{0,1,2,3,4,5,6}:1"),
     (20, "MIG 1g.10gb+me", 9984, 16, "{0,1,2,3,4,5,6}:1"),
     (15, "MIG 1g.20gb", 20096, 26, "{0,2,4,6}:2"),
@@ -41,15 +42,6 @@ H100_PROFILES = [  # nvml-facts §8.4: id, NVML name, MiB, SMs, placements
     (0, "MIG 7g.80gb", 81152, 132, "{0}:8"),
 ]
 
-MUTATING_CALLS = (
-    "nvmlDeviceSetMigMode",
-    "nvmlDeviceCreateGpuInstance",
-    "nvmlDeviceCreateGpuInstanceWithPlacement",
-    "nvmlGpuInstanceDestroy",
-    "nvmlGpuInstanceCreateComputeInstance",
-    "nvmlGpuInstanceCreateComputeInstanceWithPlacement",
-    "nvmlComputeInstanceDestroy",
-)
 
 
 def _lgipp(placements: tuple[Placement, ...]) -> str:
@@ -82,7 +74,7 @@ def _gpu(node: Node, index: int) -> GpuState:
 
 
 def test_snapshot_of_simulated_h100_node_has_eight_h100s(node: Node) -> None:
-    """8xh100-80gb reads back as eight H100 SXM5 GPUs with MIG off and the §8.4 profiles."""
+    """8xh100-80gb reads back as eight H100 SXM5 GPUs with MIG off and its seven profiles."""
     gpus = node.snapshot()
     assert len(gpus) == 8
     assert node.is_simulated and node.state_file is not None
@@ -182,8 +174,8 @@ def test_snapshot_matches_every_bundled_model(model: object) -> None:
     assert gpu.as_model().memory_slices == model.memory_slices
 
 
-def test_snapshot_reads_nvml_every_time_and_reuses_unchanged_models() -> None:
-    """Two snapshots of an unchanged node make the NVML calls twice but share the models."""
+def test_snapshot_reuses_unchanged_models() -> None:
+    """Two snapshots of an unchanged node share the models; the mode is read every time."""
     with simulator.simulate("8xh100-80gb") as sim:
         with open_node(sim_state=sim.state_file) as n:
             first = n.snapshot()
@@ -191,8 +183,10 @@ def test_snapshot_reads_nvml_every_time_and_reuses_unchanged_models() -> None:
         # the simulator merges its read counts into the state file at nvmlShutdown
         calls = simulator.stats(sim.state_file)
     assert second == first and all(a is b for a, b in zip(first, second, strict=True))
-    # every profile index of every GPU, read by each snapshot (v3 accepted at once)
-    assert calls.get("nvmlDeviceGetGpuInstanceProfileInfoV", 0) == 2 * 8 * 18
+    # every profile index of every GPU, read once and then kept: per GPU, indices 0x0..0x10
+    # once, and 0x11 (past the R580 driver's last index) twice: v3, then the v2 retry, since
+    # INVALID_ARGUMENT may also mean "v3 not understood"
+    assert calls.get("nvmlDeviceGetGpuInstanceProfileInfoV", 0) == 8 * 19
     assert calls.get("nvmlDeviceGetMigMode", 0) == 2 * 8
 
 
@@ -220,7 +214,9 @@ def test_a_driver_rejecting_v3_profile_structs_is_read_with_v2(
         calls = simulator.stats(sim.state_file)
     assert gpus[0].profiles == gpus[1].profiles
     assert [p.id for p in gpus[0].profiles] == [row[0] for row in H100_PROFILES]
-    assert calls["nvmlDeviceGetGpuInstanceProfileInfoV"] == 2 * 18 + 1  # one retry
+    # GPU 0: the refused v3 call, its v2 retry, 16 more indices, 0x11 (past the end) once;
+    # GPU 1: 17 indices, then 0x11 with v3 and its v2 retry
+    assert calls["nvmlDeviceGetGpuInstanceProfileInfoV"] == 19 + 19
 
 
 # --------------------------------------------------------------------------- changes
@@ -397,7 +393,7 @@ def test_read_only_mode_refuses_every_change_before_nvml(mig_node: Node, monkeyp
             attempt()
     node.snapshot()  # reading is still allowed
     after = simulator.stats(node.state_file)
-    for call in MUTATING_CALLS:
+    for call in MUTATING:
         assert after.get(call, 0) == before.get(call, 0), call
     assert [g.profile for g in node.snapshot()[0].gpu_instances] == ["3g.40gb"]
 
@@ -415,7 +411,7 @@ def test_shim_itself_refuses_changes_in_read_only_mode(mig_node: Node, monkeypat
     modes = _nvml.ffi.new("shim_mig_mode_t[1]")
     assert lib.shim_set_mig_mode(modes, 1, 0) == lib.SHIM_STATUS_READ_ONLY
     after = simulator.stats(mig_node.state_file)
-    for call in MUTATING_CALLS:
+    for call in MUTATING:
         assert after.get(call, 0) == before.get(call, 0), call
 
 
@@ -460,7 +456,7 @@ def test_the_real_library_is_refused_once_the_simulator_is_loaded(node: Node, mo
 
 def test_nvml_errors_carry_code_name_and_call() -> None:
     """Return codes map to NvmlError subclasses with the NVML name and the failing call."""
-    err = _nvml._error(23, "nvmlDeviceCreateGpuInstanceWithPlacement", "GPU 1")
+    err = _nvml.nvml_error(23, "nvmlDeviceCreateGpuInstanceWithPlacement", "GPU 1")
     assert isinstance(err, InsufficientResources) and isinstance(err, NvmlError)
     assert (err.code, err.name, err.call) == (23, "INSUFFICIENT_RESOURCES", "nvmlDeviceCreateGpuInstanceWithPlacement")
     assert "GPU 1" in str(err)
@@ -497,4 +493,32 @@ def test_canonical_names_from_nvml_names(nvml_name: str, canonical: str) -> None
 )
 def test_computed_names_when_nvml_gives_none(index: int, slices: int, mib: int, total_mib: int, name: str) -> None:
     """Without an NVML name the profile is named by mig-parted's rule (half-up rounding)."""
-    assert _nvml._computed_gi_name(index, slices, mib, total_mib * 2**20) == name
+    assert _decode.computed_gi_name(index, slices, mib, total_mib * 2**20) == name
+
+
+@pytest.mark.parametrize("read_back", ["nvmlGpuInstanceGetInfo", "nvmlComputeInstanceGetInfo_v2"])
+def test_an_instance_whose_read_back_fails_is_reported_created(read_back: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NVML created the instance but reading it back failed: the result fails, names the read,
+    and says the instance exists, so that the caller looks for it instead of forgetting it."""
+    monkeypatch.setenv("MIGKIT_SIM_FAULTS", f"{read_back}@1=UNKNOWN")
+    with open_node(simulate="1xh100-80gb") as node:
+        assert node.set_mig_mode([MigModeRequest(0, 1)])[0].ok
+        gi = node.create_gpu_instances([GpuInstanceRequest(0, 9, Placement(4, 4))])[0]
+        if read_back == "nvmlGpuInstanceGetInfo":
+            assert not gi.ok and gi.created and gi.gpu_instance is None
+            assert gi.error is not None and gi.error.call == read_back
+            assert [g.placement for g in node.snapshot()[0].gpu_instances] == [Placement(4, 4)]
+            return
+        assert gi.ok and gi.created and gi.gpu_instance is not None
+        ci = node.create_compute_instances([ComputeInstanceRequest(0, gi.gpu_instance, 2, Placement(0, 3))])[0]
+        assert not ci.ok and ci.created and ci.compute_instance is None
+        assert ci.error is not None and ci.error.call == read_back
+        (listed,) = node.snapshot()[0].gpu_instances
+        assert [c.profile_id for c in listed.compute_instances] == [2]
+
+
+def test_a_create_that_fails_is_not_created(mig_node: Node) -> None:
+    """An instance NVML refused is not created, and says so."""
+    taken = mig_node.create_gpu_instances([GpuInstanceRequest(0, 9, Placement(4, 4))])[0]
+    again = mig_node.create_gpu_instances([GpuInstanceRequest(0, 9, Placement(4, 4))])[0]
+    assert taken.ok and taken.created and not again.ok and not again.created

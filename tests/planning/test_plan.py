@@ -9,12 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from builders import gpu_state
 from migkit.config import load_config
 from migkit.errors import ConfigError, InfeasibleError, UnknownProfileError
 from migkit.hardware import gpu_model
 from migkit.models import (
-    MIG_DISABLED,
-    MIG_ENABLED,
     ComputeInstance,
     GpuInstance,
     GpuModel,
@@ -72,24 +71,7 @@ def state(
     instances: tuple[GpuInstance, ...] = (),
     pending: bool | None = None,
 ) -> GpuState:
-    mode = MIG_ENABLED if enabled else MIG_DISABLED
-    pending_mode = mode if pending is None else (MIG_ENABLED if pending else MIG_DISABLED)
-    return GpuState(
-        index=index,
-        uuid=f"GPU-{index}",
-        name=model.product_name,
-        pci_device_id=model.pci_device_id,
-        pci_subsystem_id=model.pci_subsystem_id,
-        bus_id=f"0000:{index:02x}:00.0",
-        memory_mib=model.memory_mib,
-        architecture=model.architecture,
-        mig_capable=model.mig_capable,
-        mig_mode=mode,
-        pending_mig_mode=pending_mode,
-        profiles=model.profiles,
-        gpu_instances=instances,
-        model_name=model.name,
-    )
+    return gpu_state(model, index, enabled=enabled, pending=pending, instances=instances)
 
 
 def test_offline_plan_for_a_mixed_node() -> None:
@@ -210,7 +192,7 @@ def test_already_disabled_is_unchanged() -> None:
 
 
 def test_orphan_gi_is_destroyed_or_reused() -> None:
-    """A GI without CIs is destroyed unless the target reuses it by adding its CIs (P12)."""
+    """A GI without CIs is destroyed unless the target reuses it by adding its CIs."""
     orphan = GpuInstance(id=9, profile_id=14, profile="2g.10gb", start=0, size=2)
     gpu = plan_node(CONFIG, "mixed", [state(A100, 0, True, (orphan,))]).gpus[0]
     assert [gi.existing_id for gi in gpu.kept] == [9]

@@ -40,7 +40,7 @@ from strategies import ci_names, mig_models
     ],
 )
 def test_canonical_names_follow_the_fact_sheet_table(written: str, canonical: str) -> None:
-    """Each written name canonicalises as facts §1.5 says."""
+    """Each written name canonicalises as mig-parted's profile-name grammar says."""
     assert canonical_name(written) == canonical
 
 
@@ -128,7 +128,7 @@ def test_computed_gb_rounds_half_away_from_zero(mib: int, total_mib: int, gb: in
 
 
 def test_bundled_profile_names_agree_with_the_formula() -> None:
-    """Every bundled GI profile's GB equals computed_gb of its memory (facts §1.6)."""
+    """Every bundled GI profile's GB equals computed_gb of its memory (mig-parted's eighths-of-the-board rule)."""
     for model in (gpu_model(n) for n in ("a100-40gb", "a30-24gb", "h100-80gb", "h200-141gb")):
         for profile in model.profiles:
             assert parse_profile_name(profile.name).memory_gb == computed_gb(

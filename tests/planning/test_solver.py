@@ -55,7 +55,7 @@ def starts(layout: Layout, profile: str) -> list[int]:
 
 
 def test_3g_goes_to_4_when_only_that_fits() -> None:
-    """{3g.20gb:1, 2g.10gb:1, 1g.5gb:2} on A100-40GB needs the 3g at start 4 (facts §3.7)."""
+    """{3g.20gb:1, 2g.10gb:1, 1g.5gb:2} on A100-40GB needs the 3g at start 4 (the order upstream got wrong)."""
     counts = {"3g.20gb": 1, "2g.10gb": 1, "1g.5gb": 2}
     layout = solve(A100, counts)
     assert starts(layout, "3g.20gb") == [4]

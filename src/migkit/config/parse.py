@@ -1,10 +1,13 @@
 """Load, validate, select and write mig-parted v1 configuration files.
 
-The accepted language is exactly mig-parted's (facts §1.1-§1.4), with two deliberate
-deviations: a negative index in ``devices`` and a malformed ``device-filter`` are errors
-instead of silently matching nothing. Every error is a :class:`~migkit.errors.ConfigError`
-carrying the file, line and column of the offending value and one sentence saying what is
-wrong::
+The accepted language is exactly mig-parted's: YAML 1.1 as go-yaml v2 reads it (``y``/``n``
+and ``yes``/``no`` are booleans, ``1e0`` is a float), a ``version: v1`` / ``mig-configs`` top
+level and entries of ``devices``, ``mig-enabled``, ``mig-devices`` and ``device-filter``. Two
+deliberate deviations: a negative index in ``devices`` and a malformed ``device-filter`` are
+errors instead of silently matching nothing. What upstream reads leniently (a key written
+twice, ``7.0`` as a count, ``mig-enabled: null``) is accepted with a located warning.
+Every error is a :class:`~migkit.errors.ConfigError` carrying the file, line and column of the
+offending value and one sentence saying what is wrong::
 
     config.yaml:7:9: config "custom", entry 0: "bogus" is not a MIG profile name
     (expected like "1g.10gb" or "1c.3g.20gb")
@@ -15,7 +18,9 @@ and values are built from the node tree here, so each one keeps its position.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import gc
 import json
 import os
 import re
@@ -59,6 +64,66 @@ class _Loader(yaml.SafeLoader):
 
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()
 _Loader.add_implicit_resolver(_TAG + "bool", re.compile(r"^(?:y|Y|n|N)$"), list("yYnN"))
+# go-yaml v2 also reads an exponent without a dot (1e0, 7E+0) as a float; YAML 1.1 does not.
+_Loader.add_implicit_resolver(
+    _TAG + "float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+# libyaml's parser and composer (PyYAML's C extension) with the same resolvers: it builds the
+# node tree, marks included, several times faster than the pure-Python reader. Where the C
+# extension is missing, or it refuses a document, the pure-Python loader composes instead (so
+# errors read exactly as before and nothing the pure-Python loader accepts is refused).
+_FastLoader: type[Any] | None = None
+if hasattr(yaml, "CSafeLoader"):
+
+    class _CLoader(yaml.CSafeLoader):
+        bool_values: ClassVar[dict[str, bool]] = _Loader.bool_values
+
+    _CLoader.yaml_implicit_resolvers = _Loader.yaml_implicit_resolvers
+    _FastLoader = _CLoader
+
+
+# libyaml and the pure-Python composer differ on tags ("!", "!!str"), tabs, some non-ASCII
+# characters (a BOM inside the text, NEL, ...), edge cases of block scalars ("|#"),
+# directives and escapes. Configs are printable ASCII without these; anything else takes the
+# pure-Python path, so both paths always agree.
+_NOT_PLAIN = re.compile(r"[^\n\r\x20-\x7e]|[!|>%\\@`]")
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a big, acyclic node tree is built.
+
+    Composing allocates millions of objects that all stay alive; each full collection walks
+    all of them, which made loading quadratic in the file size (3.4 MB: 105 s). The tree has
+    no cycles to collect, so pausing costs nothing; the previous state is restored.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _compose_fast(text: str) -> Node | None:
+    """The node tree from libyaml, or raises ``LookupError`` when it cannot give one."""
+    if _FastLoader is None:
+        raise LookupError("the C loader is not available")
+    if _NOT_PLAIN.search(text) is not None:
+        raise LookupError("the document has characters the two composers treat differently")
+    try:
+        loader = _FastLoader(text)
+    except (yaml.YAMLError, ValueError, UnicodeError):
+        raise LookupError("the C loader refused the document") from None
+    try:
+        root: Node | None = loader.get_single_node()
+    except (yaml.YAMLError, RecursionError, ValueError, UnicodeError):
+        raise LookupError("the C loader refused the document") from None
+    finally:
+        loader.dispose()
+    return root
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -221,13 +286,14 @@ def parse_config(text: str, *, file: str | None = None) -> MigConfigFile:
 
 
 _Kind = Literal["null", "bool", "int", "float", "str", "map", "list"]
+_MERGE_BUDGET = 10_000  # keys that merge keys (<<) may copy, in all
 
 
 class _Parser:
     def __init__(self, file: str | None) -> None:
         self.file = file
         self.warnings: list[ConfigWarning] = []
-        self.merge_budget = 10_000
+        self.merge_budget = _MERGE_BUDGET
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -334,24 +400,70 @@ class _Parser:
                     key_node, f"mapping keys must be strings, not {self.describe(key_node)}"
                 )
             explicit.append((key, key_node, value_node))
-        seen: dict[str, Node] = {}
-        for key, key_node, _ in explicit:
-            if key in seen:
-                first = seen[key].start_mark.line + 1
-                raise self.error(
-                    key_node, f"key {json.dumps(key)} appears twice (first on line {first})"
+        # A key written twice: the last one wins, as nvidia-mig-parted reads the file (its YAML
+        # goes through JSON into Go maps). The entry keeps the first key's place in the order.
+        chosen: dict[str, tuple[str, Node, Node]] = {}
+        for key, key_node, value_node in explicit:
+            earlier = chosen.get(key)
+            if earlier is not None:
+                first = earlier[1].start_mark.line + 1
+                again = key_node.start_mark.line + 1
+                self.warn(
+                    key_node,
+                    f"key {json.dumps(key)} appears twice (lines {first} and {again}); "
+                    f"the value on line {again} is used",
                 )
-            seen[key] = key_node
-        result = list(explicit)
+            chosen[key] = (key, key_node, value_node)
+        result = list(chosen.values())
         for key, key_node, value_node in merged:
-            if key not in seen:
-                seen[key] = key_node
+            if key not in chosen:
+                chosen[key] = (key, key_node, value_node)
                 result.append((key, key_node, value_node))
         return result
+
+    def whole_number(self, node: Node, what: str) -> int | None:
+        """An int, or a float with no fraction (``7.0``) read as one with a warning."""
+        kind = self.kind(node)
+        if kind == "int":
+            value: int = self.scalar(node)
+            return value
+        if kind == "float":
+            number = self.scalar(node)
+            if number.is_integer() and abs(number) < 2**63:
+                self.warn(node, f"{what} is {node.value}, read as the whole number {int(number)}")
+                return int(number)
+        return None
 
     # -- structure ---------------------------------------------------------------------------
 
     def parse(self, text: str) -> MigConfigFile:
+        with _collector_paused():
+            try:
+                root = _compose_fast(text)
+            except LookupError:
+                return self.build(self.compose(text))
+            try:
+                fast = self.build(root)
+            except ConfigError:
+                pass
+            else:
+                if not fast.warnings:
+                    return fast
+            # Errors and warnings are located on the pure-Python tree: libyaml marks some nodes
+            # (an empty value, for one) a column apart, and messages must not depend on the path.
+            self.warnings = []
+            self.merge_budget = _MERGE_BUDGET
+            return self.build(self.compose(text))
+
+    def build(self, root: Node | None) -> MigConfigFile:
+        """The validated file from a node tree (``None`` for an empty document)."""
+        if root is not None:
+            self.check_tags(root)
+        configs = self.top(root) if root is not None else {}
+        return MigConfigFile(configs, self.file, tuple(self.warnings))
+
+    def compose(self, text: str) -> Node | None:
+        """The node tree from the pure-Python loader, or its error as a ConfigError."""
         try:
             loader = _Loader(text)
         except yaml.reader.ReaderError as err:
@@ -364,7 +476,7 @@ class _Parser:
                 column=column,
             ) from None
         try:
-            root = loader.get_single_node()
+            root: Node | None = loader.get_single_node()
         except yaml.MarkedYAMLError as err:
             mark = err.problem_mark or err.context_mark
             problem = err.problem or err.context or "invalid YAML"
@@ -382,10 +494,7 @@ class _Parser:
             raise ConfigError("the document nests too deeply", file=self.file) from None
         finally:
             loader.dispose()
-        if root is not None:
-            self.check_tags(root)
-        configs = self.top(root) if root is not None else {}
-        return MigConfigFile(configs, self.file, tuple(self.warnings))
+        return root
 
     def check_tags(self, root: Node) -> None:
         """Refuse explicit tags on mappings and lists (``!!python/object``, ``!!set``, ...)."""
@@ -479,16 +588,17 @@ class _Parser:
             fields[key] = value
         devices = self.devices(where, node, fields.get("devices"))
         enabled_node = fields.get("mig-enabled")
-        if enabled_node is None or self.kind(enabled_node) == "null":
-            raise self.error(
-                enabled_node or node, f"{where}: mig-enabled is required (true or false)"
-            )
-        if self.kind(enabled_node) != "bool":
+        if enabled_node is None:
+            raise self.error(node, f"{where}: mig-enabled is required (true or false)")
+        if self.kind(enabled_node) == "null":
+            # nvidia-mig-parted decodes null into Go's zero value: false.
+            self.warn(enabled_node, f"{where}: mig-enabled is null and is read as false")
+        elif self.kind(enabled_node) != "bool":
             raise self.error(
                 enabled_node,
                 f"{where}: mig-enabled must be true or false, not {self.describe(enabled_node)}",
             )
-        enabled = bool(self.scalar(enabled_node))
+        enabled = self.scalar(enabled_node) is True
         counts, marks = self.mig_devices(where, node, enabled, fields.get("mig-devices"))
         filters = self.device_filters(where, fields.get("device-filter"))
         mark = node.start_mark
@@ -514,12 +624,11 @@ class _Parser:
         if isinstance(node, SequenceNode):
             indices: list[int] = []
             for item in node.value:
-                kind = self.kind(item)
-                if kind != "int":
+                value = self.whole_number(item, f"{where}: a GPU index")
+                if value is None:
                     raise self.error(
                         item, f"{where}: a GPU index must be an integer, not {self.describe(item)}"
                     )
-                value = self.scalar(item)
                 if value < 0:
                     raise self.error(item, f"{where}: GPU index {value} is negative")
                 indices.append(value)
@@ -571,14 +680,13 @@ class _Parser:
                     key_node,
                     f"{where}: {json.dumps(key)} is not a MIG profile name {_NAME_EXAMPLE}",
                 ) from None
-            kind = self.kind(value)
-            if kind != "int":
+            count = self.whole_number(value, f"{where}: the count of {key}")
+            if count is None:
                 raise self.error(
                     value,
                     f"{where}: the count of {key} must be a whole number, "
                     f"not {self.describe(value)}",
                 )
-            count = self.scalar(value)
             if count < 0:
                 raise self.error(
                     value, f"{where}: the count of {key} must not be negative ({count})"
@@ -625,8 +733,8 @@ class _Parser:
         if kind == "int":
             self.warn(
                 node,
-                f"{where}: device-filter {text} was read as a number; quote device IDs "
-                f'("{parsed}")',
+                f"{where}: device-filter {text} is read as a number, which nvidia-mig-parted "
+                f'refuses (it rejects the whole file); quote device IDs ("{parsed}")',
             )
         elif parsed.matches_all:
             self.warn(node, f'{where}: device-filter "" matches every GPU')
@@ -641,7 +749,10 @@ class _Parser:
 
 
 def select(config_file: MigConfigFile, name: str | None = None) -> SelectedConfig:
-    """Pick the config named ``name``, or the only config when ``name`` is None (facts §2.3)."""
+    """Pick the config named ``name``, or the only config when ``name`` is None.
+
+    As nvidia-mig-parted selects: a file with several configs needs a name.
+    """
     names = list(config_file.configs)
     if not names:
         raise ConfigError("the file has no MIG configs to select", file=config_file.file)

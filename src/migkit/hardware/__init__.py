@@ -2,7 +2,10 @@
 
 The tables restate public observations of real GPUs (see each file's ``sources``); every
 profile carries ``mark`` / ``placements_mark`` saying whether its values were observed on
-hardware, derived by a stated rule, or inferred. Compute-instance profiles are not listed in
+hardware, derived by a stated rule, or inferred, and where a table borrows another table's
+shape its ``source`` says which. At the model level ``identity_mark`` grades the product name,
+PCI ids and total memory, and ``observed_on`` names the driver on which the whole table was
+read from a real GPU (see :func:`provenance`). Compute-instance profiles are not listed in
 the files: they follow the per-GI-size rule observed with ``nvidia-smi mig -lcip`` (see
 :func:`compute_profiles_for`), marked ``inferred`` where no real output exists.
 """
@@ -13,6 +16,8 @@ import functools
 import json
 from importlib import resources
 from typing import Any
+
+import attrs
 
 from migkit.errors import UnknownModelError
 from migkit.models import ARCH_HOPPER, ComputeProfile, GpuModel, GpuState, Placement, Profile
@@ -37,9 +42,7 @@ _CI_RULES: dict[int, tuple[tuple[int, int, int, tuple[int, ...]], ...]] = {
 _CI_REV1 = 7  # CI 1_SLICE_REV1: the full-SM CI of a 1g GI with twice the memory (Hopper+)
 
 
-def compute_profiles_for(
-    profile: Profile, architecture: int, base_1g_sms: int
-) -> tuple[ComputeProfile, ...]:
+def compute_profiles_for(profile: Profile, architecture: int, base_1g_sms: int) -> tuple[ComputeProfile, ...]:
     """The compute-instance profiles of GIs of ``profile``, the GI-covering one first."""
     g = profile.slice_count
     rules = _CI_RULES.get(g, ((0, g, 1, (0,)),) if g else ())
@@ -68,7 +71,7 @@ def compute_profiles_for(
         )
     if g == 1 and profile.memory_slices == 2 and architecture >= ARCH_HOPPER:
         # Hopper+: the 2x-memory 1g GI offers CI 7 with all its SMs (the default) and CI 0
-        # with the SMs of a plain 1g (observed on GH200, nvml-facts §6.9).
+        # with the SMs of a plain 1g (observed on GH200).
         rev1 = ComputeProfile(
             id=_CI_REV1,
             index=_CI_REV1,
@@ -90,9 +93,57 @@ def compute_profiles_for(
 
 
 def _fields(cp: ComputeProfile) -> dict[str, Any]:
-    import attrs
-
     return attrs.asdict(cp, recurse=False)
+
+
+MARKS = ("observed", "derived", "inferred")
+"""How a bundled value is known: read from a real GPU, computed by a stated rule, or assumed."""
+
+
+@attrs.frozen
+class TableProvenance:
+    """Where a bundled table's values come from, beyond the per-profile marks."""
+
+    model: str
+    identity_mark: str  # product name, PCI device/subsystem ids and total memory
+    observed_on: str  # driver the whole table was read on from a real GPU; "" if none
+    sources: tuple[str, ...]
+    notes: str
+    profile_sources: tuple[tuple[int, str], ...]  # (profile id, source) where a row names one
+
+    @property
+    def observed(self) -> bool:
+        """True when every value of the table was read from a real GPU."""
+        return bool(self.observed_on) and self.identity_mark == "observed"
+
+
+def _check_table(data: dict[str, Any]) -> None:
+    """Fail closed on a table that contradicts itself (a packaging error, not a user one)."""
+    name = data.get("name", "?")
+    problems: list[str] = []
+    if data.get("identity_mark", "inferred") not in MARKS:
+        problems.append(f"identity_mark {data.get('identity_mark')!r}")
+    slices = data["memory_slices"]
+    for row in data["profiles"]:
+        where = f"profile {row['id']}"
+        for key in ("mark", "placements_mark"):
+            if row.get(key, "observed") not in MARKS:
+                problems.append(f"{where}: {key} {row.get(key)!r}")
+        starts = [s for s, _ in row["placements"]]
+        if any(n != row["memory_slices"] for _, n in row["placements"]):
+            problems.append(f"{where}: placement sizes differ from memory_slices")
+        if any(s < 0 or s + row["memory_slices"] > slices for s in starts):
+            problems.append(f"{where}: a placement lies outside the {slices} memory slices")
+        if not 1 <= row["instances"] <= len(starts):
+            problems.append(f"{where}: {row['instances']} instances for {len(starts)} placements")
+        if not 1 <= row["slices"] <= data["max_mig_devices"]:
+            problems.append(f"{where}: {row['slices']} compute slices")
+    ids = [row["id"] for row in data["profiles"]]
+    indices = [row["index"] for row in data["profiles"]]
+    if len(set(ids)) != len(ids) or len(set(indices)) != len(indices):
+        problems.append("profile ids or indices repeat")
+    if problems:
+        raise ValueError(f"bundled table {name} is inconsistent: " + "; ".join(problems))
 
 
 def _profile_from_json(row: dict[str, Any]) -> Profile:
@@ -120,16 +171,13 @@ def _profile_from_json(row: dict[str, Any]) -> Profile:
 
 
 def _model_from_json(data: dict[str, Any]) -> GpuModel:
-    import attrs
-
+    _check_table(data)
     profiles = sorted((_profile_from_json(r) for r in data["profiles"]), key=lambda p: p.sort_key)
     base_1g = next((p.multiprocessors for p in profiles if p.index == 0 and p.slice_count == 1), 0)
     profiles = [
         attrs.evolve(
             p,
-            compute_profiles=compute_profiles_for(
-                p, data["architecture"], base_1g or p.multiprocessors
-            ),
+            compute_profiles=compute_profiles_for(p, data["architecture"], base_1g or p.multiprocessors),
         )
         for p in profiles
     ]
@@ -169,6 +217,23 @@ def gpu_model(name: str) -> GpuModel:
     return _model_from_json(tables[name])
 
 
+@functools.cache
+def provenance(name: str) -> TableProvenance:
+    """How the bundled table ``name`` is known (see :data:`MARKS`)."""
+    tables = _raw_tables()
+    if name not in tables:
+        gpu_model(name)  # raises UnknownModelError naming the known models
+    data = tables[name]
+    return TableProvenance(
+        model=name,
+        identity_mark=data.get("identity_mark", "inferred"),
+        observed_on=data.get("observed_on", ""),
+        sources=tuple(data.get("sources", ())),
+        notes=data.get("notes", ""),
+        profile_sources=tuple((row["id"], row["source"]) for row in data["profiles"] if "source" in row),
+    )
+
+
 def gpu_models() -> tuple[GpuModel, ...]:
     """Every bundled hardware table, sorted by name."""
     return tuple(gpu_model(name) for name in sorted(_raw_tables()))
@@ -199,8 +264,6 @@ def planning_model(gpu: GpuState) -> GpuModel:
     (the query needs a GI handle), so the others are taken from the bundled table of the same
     GPU when its profile matches, else from the observed per-size rule (marked inferred).
     """
-    import attrs
-
     model = gpu.as_model()
     bundled = model_for_pci_id(gpu.pci_device_id, gpu.memory_mib)
     base_1g = next((p.multiprocessors for p in model.profiles if p.index == 0), 0)

@@ -72,7 +72,7 @@ class NodeLike(Protocol):
     @property
     def is_simulated(self) -> bool: ...
 
-    def snapshot(self) -> tuple[GpuState, ...]: ...
+    def snapshot(self, *, tables: bool = True) -> tuple[GpuState, ...]: ...
 
     def create_gpu_instances(
         self, requests: Iterable[GpuInstanceRequest], *, stop_on_error: bool = False
@@ -114,6 +114,7 @@ class Node:
         is_simulated: bool,
         state_file: str | None,
         cleanup: contextlib.ExitStack,
+        bundled_model: _nvml.BundledModel | None = None,
     ) -> None:
         self._library_path = library_path
         self._is_simulated = is_simulated
@@ -121,7 +122,7 @@ class Node:
         self._cleanup = cleanup
         self._closed = False
         self._lock = threading.Lock()
-        self._snapshotter = _nvml.Snapshotter(_nvml.device_count())
+        self._snapshotter = _nvml.Snapshotter(_nvml.device_count(), bundled_model)
 
     # ------------------------------------------------------------------ identity
 
@@ -166,19 +167,31 @@ class Node:
 
     # ------------------------------------------------------------------ reading
 
-    def snapshot(self) -> tuple[GpuState, ...]:
+    def snapshot(self, *, tables: bool = True) -> tuple[GpuState, ...]:
         """Every GPU with its profiles, placements, instances and MIG devices, read in one call
         into the shim, in **PCI bus order**.
+
+        The profile tables never change while a GPU's UUID and MIG mode stay the same, so
+        they are read once per GPU while the node is open; every snapshot reads each GPU's
+        UUID, MIG mode, instances and processes afresh. ``tables=False`` is for questions
+        about MIG modes alone (``assert`` of ``all-disabled``): a GPU with MIG off then comes
+        without profiles (``profiles == ()``) unless they were read already, and costs two
+        NVML reads. Plan from a snapshot taken with ``tables=True``.
 
         A GPU's position in the tuple is what a config's ``devices: [i]`` means (as in
         nvidia-mig-parted, which numbers GPUs by PCI address); ``GpuState.index`` is its NVML
         index, which every NVML call uses. The two agree on ordinary systems.
 
-        Raises :class:`~migkit.errors.NvmlError` naming the GPU and the NVML call when any
-        part of a GPU cannot be read.
+        A read that fails leaves a fact unknown and is listed in that GPU's
+        ``GpuState.unknown`` (the call, what it was for, the error) instead of a default value:
+        the instances, compute instances and their in-use state, a profile table that the GPU's
+        bundled table says should answer. Raises :class:`~migkit.errors.NvmlError` naming the
+        GPU and the NVML call when the GPU itself cannot be read (its handle, identity or MIG
+        mode).
         """
         self._check_open()
-        states = self._snapshotter.snapshot()
+        states = self._snapshotter.snapshot(tables=tables)
+        _raise_state_error(self._state_file, self._library_path)
         ordered = tuple(sorted(states, key=_pci_order))
         return states if all(a is b for a, b in zip(ordered, states, strict=True)) else ordered
 
@@ -286,10 +299,24 @@ def _environment(name: str, value: str) -> Iterator[None]:
             os.environ[name] = previous
 
 
+def _raise_state_error(state_file: str | None, library: str) -> None:
+    """A simulated node whose state file the library could not use (at init, or since: reads
+    then answer from the last good state) raises SimulatorStateError naming file and line."""
+    if state_file is None:
+        return
+    from migkit import simulator
+
+    error = simulator.state_error(state_file, library)
+    if error is not None:
+        raise error
+
+
 def open_node(
     nvml_library: str | os.PathLike[str] | None = None,
     simulate: str | None = None,
     sim_state: str | os.PathLike[str] | None = None,
+    *,
+    bundled_model: _nvml.BundledModel | None = None,
 ) -> Node:
     """Open the node's GPUs through libnvidia-ml, or a simulated node.
 
@@ -302,6 +329,11 @@ def open_node(
 
     ``nvml_library`` names the library explicitly (for a simulated node too). One process
     holds one libnvidia-ml: the first node opened decides which.
+
+    ``bundled_model`` looks a GPU up in the bundled hardware tables by (PCI device id, memory
+    MiB): it names each GPU's model (``GpuState.model_name``) and tells a NOT_SUPPORTED answer
+    that means "no MIG here" from one the GPU's table contradicts (an unknown fact). The NVML
+    layer does not import the tables itself; :func:`migkit.open_node` passes them.
     """
     cleanup = contextlib.ExitStack()
     try:
@@ -317,17 +349,23 @@ def open_node(
                 state_file = os.fspath(sim_state)
                 if not os.path.exists(state_file):
                     raise simulator.SimulatorError(f"simulated node state file {state_file} does not exist")
+                simulator.check_state_file(state_file)
                 cleanup.enter_context(_environment(STATE_ENV, state_file))
             library = _nvml.load(nvml_library if nvml_library is not None else simulator.library_path())
         else:
             library = _nvml.load(nvml_library)
-        _nvml.init()
+        try:
+            _nvml.init()
+        except MigkitError:
+            _raise_state_error(state_file, library)
+            raise
         cleanup.callback(_nvml.shutdown)
         return Node(
             library,
             is_simulated=state_file is not None,
             state_file=state_file,
             cleanup=cleanup,
+            bundled_model=bundled_model,
         )
     except BaseException:
         cleanup.close()

@@ -27,8 +27,8 @@ import attrs
 from migkit.config import ConfigEntry, MigConfigFile, select
 from migkit.errors import InfeasibleError, UnknownProfileError
 from migkit.hardware import planning_model
-from migkit.models import ARCH_HOPPER, MIG_ENABLED, GpuInstance, GpuModel, GpuState
-from migkit.names import ProfileCounts, canonical_name
+from migkit.models import ARCH_HOPPER, MIG_ENABLED, GpuInstance, GpuModel, GpuState, device_counts
+from migkit.names import ProfileCounts, canonical_from_nvml
 from migkit.planning.coverage import Coverage, GpuCoverage, effective_specs
 from migkit.planning.profiles import resolve
 from migkit.planning.solver import (
@@ -89,19 +89,6 @@ class AddCompute:
     gpu_instance_id: int
     gpu_instance_profile: str
     compute: PlacedCompute
-
-
-def _counts_of(instances: Iterable[GpuInstance]) -> ProfileCounts:
-    return ProfileCounts(
-        (_safe_canonical(ci.profile), 1) for gi in instances for ci in gi.compute_instances
-    )
-
-
-def _safe_canonical(name: str) -> str:
-    try:
-        return canonical_name(name)
-    except ValueError:
-        return name
 
 
 @attrs.frozen
@@ -224,7 +211,7 @@ def plan_gpu(
     offer; a request that does not fit gives a plan with ``error`` set.
     """
     pending = mig_enabled if pending_mig_enabled is None else pending_mig_enabled
-    current_counts = _counts_of(instances) if mig_enabled else ProfileCounts()
+    current_counts = device_counts(instances) if mig_enabled else ProfileCounts()
     base = GpuPlan(
         index=coverage.index,
         model=model.name,
@@ -320,7 +307,7 @@ def _destroy_fields(dropped: Iterable[GpuInstance]) -> dict[str, Any]:
     gis = sorted(dropped, key=lambda gi: (gi.start, gi.id))
     return {
         "destroy_compute_instances": tuple(
-            DestroyCompute(gi.id, gi.profile, ci.id, _safe_canonical(ci.profile), ci.start, ci.size)
+            DestroyCompute(gi.id, gi.profile, ci.id, canonical_from_nvml(ci.profile), ci.start, ci.size)
             for gi in gis
             for ci in sorted(gi.compute_instances, key=lambda c: (c.start, c.id))
         ),
@@ -367,44 +354,41 @@ def _try(fn: Any, *args: Any, **kwargs: Any) -> GpuPlan | UnknownProfileError:
     return result
 
 
+def _plan_one(gpu: GpuState | GpuModel, coverage: GpuCoverage) -> GpuPlan | UnknownProfileError:
+    if isinstance(gpu, GpuModel):
+        return _try(plan_gpu, gpu, coverage)
+    return _try(
+        plan_gpu,
+        planning_model(gpu),
+        coverage,
+        mig_enabled=gpu.mig_mode == MIG_ENABLED,
+        pending_mig_enabled=gpu.pending_mig_mode == MIG_ENABLED,
+        instances=gpu.gpu_instances,
+        bus_id=gpu.bus_id,
+        uuid=gpu.uuid,
+    )
+
+
 def plan_node(
     config_file: MigConfigFile,
     selected: str | None,
-    gpus: Sequence[GpuState],
+    gpus: Sequence[GpuState | GpuModel],
     *,
     strict_coverage: bool = False,
 ) -> NodePlan:
-    """Plan the selected config against a snapshot (``gpus`` in PCI order: index = position)."""
+    """Plan the selected config for a node's GPUs (in PCI order: index = position).
+
+    Each GPU is a snapshot (``GpuState``: planned from its current mode and instances) or a
+    bundled model (``GpuModel``: a fresh GPU, MIG disabled, nothing on it), so the same call
+    plans a live node and an offline one.
+    """
     name, coverage = _coverage(config_file, selected, gpus, strict_coverage)
-    plans = (
-        _try(
-            plan_gpu,
-            planning_model(gpu),
-            cov,
-            mig_enabled=gpu.mig_mode == MIG_ENABLED,
-            pending_mig_enabled=gpu.pending_mig_mode == MIG_ENABLED,
-            instances=gpu.gpu_instances,
-            bus_id=gpu.bus_id,
-            uuid=gpu.uuid,
-        )
-        for gpu, cov in zip(gpus, coverage.gpus, strict=True)
-    )
+    plans = (_plan_one(gpu, cov) for gpu, cov in zip(gpus, coverage.gpus, strict=True))
     return _collect(name, config_file, coverage, plans)
 
 
-def plan_offline(
-    config_file: MigConfigFile,
-    selected: str | None,
-    gpu_models: Sequence[GpuModel],
-    *,
-    strict_coverage: bool = False,
-) -> NodePlan:
-    """Plan the selected config for GPUs of the given models, fresh, at indices 0..n-1."""
-    name, coverage = _coverage(config_file, selected, gpu_models, strict_coverage)
-    plans = (
-        _try(plan_gpu, model, cov) for model, cov in zip(gpu_models, coverage.gpus, strict=True)
-    )
-    return _collect(name, config_file, coverage, plans)
+plan_offline = plan_node
+"""Plan for GPUs of the given models, fresh, at indices 0..n-1 (``plan_node`` with models)."""
 
 
 # ----------------------------------------------------------------------------- rendering

@@ -1,6 +1,6 @@
 """migkit's NVML simulator: simulated nodes for tests, demos and tool builders.
 
-The simulator itself is C (``src/_nvml_sim.c``), compiled into the package as a shared
+The simulator itself is C (``src/_nvml_sim/``), compiled into the package as a shared
 library that exports the NVML symbols, so the shim — or NVIDIA's own ``nvidia-ml-py`` —
 drives it exactly as it would drive ``libnvidia-ml.so.1``. The simulated node lives in a
 human-readable state file (``MIGKIT_SIM_STATE``; format in ``docs/simulator-state-format.md``) that this
@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -33,14 +35,18 @@ from typing import Any
 
 import attrs
 
-from migkit.errors import MigkitError, UnknownModelError
+from migkit.errors import MigkitError, SimulatorStateError, UnknownModelError
 from migkit.models import GpuModel
 
 STATE_ENV = "MIGKIT_SIM_STATE"
 FAULTS_ENV = "MIGKIT_SIM_FAULTS"
 LATENCY_ENV = "MIGKIT_SIM_LATENCY_MS"
+LATENCY_PROFILE_ENV = "MIGKIT_SIM_LATENCY"
+LATENCY_PROFILES = ("hopper-580",)
 DEFAULT_DRIVER = "580.105.08"
 DEFAULT_CUDA = "13.0"
+
+MAX_STATE_BYTES = 64 * 1024 * 1024  # the C reader's limit too
 
 # PCI buses of an 8-GPU HGX board, then a simple continuation.
 _BUSES = (0x18, 0x2A, 0x3A, 0x5D, 0x9A, 0xAB, 0xBA, 0xDB)
@@ -61,6 +67,39 @@ def library_path() -> str:
     raise SimulatorError(
         "the compiled simulator (migkit/_nvml_sim*.so) is missing; reinstall migkit"
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _last_error_entry(library: str) -> Any:
+    """``int migkitSimLastError(char *reason, unsigned int cap, unsigned int *line)`` of the
+    simulator library loaded from ``library`` (loading the path again finds the same copy);
+    ``None`` for a library without it (not migkit's simulator)."""
+    import ctypes
+
+    entry = getattr(ctypes.CDLL(library), "migkitSimLastError", None)
+    if entry is None:
+        return None
+    entry.restype = ctypes.c_int
+    entry.argtypes = (ctypes.c_char_p, ctypes.c_uint, ctypes.POINTER(ctypes.c_uint))
+    return entry
+
+
+def state_error(state_file: str | os.PathLike[str], library: str | None = None) -> SimulatorStateError | None:
+    """Why the simulator library in this process could not use its state file at its last
+    try (at init, or at a later freshness check), as an error naming ``state_file`` and the
+    line; ``None`` when the state in use is the file's current content.
+
+    ``library`` is the path the library was loaded from (default: :func:`library_path`).
+    """
+    import ctypes
+
+    entry = _last_error_entry(library or library_path())
+    reason = ctypes.create_string_buffer(512)
+    line = ctypes.c_uint(0)
+    if entry is None or not entry(reason, len(reason), ctypes.byref(line)):
+        return None
+    text = reason.value.decode("utf-8", "replace")
+    return SimulatorStateError(f"simulator state file: {text}", file=os.fspath(state_file), line=line.value or None)
 
 
 def parse_spec(spec: str) -> tuple[GpuModel, ...]:
@@ -242,30 +281,96 @@ def state_records(
 # --------------------------------------------------------------------------- file access
 
 
+def _open_regular(path: str) -> int:
+    """A read-only descriptor of ``path``, which must be a regular file of at most 64 MiB.
+
+    Opened non-blocking, so that a FIFO in its place is refused rather than waited on; a
+    device or a directory is refused before anything is read from it.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise SimulatorStateError(f"cannot open: {err.strerror}", file=path) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_STATE_BYTES:
+        os.close(fd)
+        what = "larger than 64 MiB" if stat.S_ISREG(info.st_mode) else "not a regular file"
+        raise SimulatorStateError(f"simulator state file: {what}", file=path)
+    return fd
+
+
+def check_state_file(state_file: str | os.PathLike[str]) -> None:
+    """Raise :class:`~migkit.errors.SimulatorStateError` unless ``state_file`` is a regular
+    file of at most 64 MiB (a FIFO, a device or a directory is refused at once)."""
+    os.close(_open_regular(os.fspath(state_file)))
+
+
+def _read_text(path: str) -> str:
+    fd = _open_regular(path)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+            if sum(map(len, chunks)) > MAX_STATE_BYTES:
+                raise SimulatorStateError("simulator state file: larger than 64 MiB", file=path)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8")
+
+
 @contextlib.contextmanager
 def locked(state_file: str | os.PathLike[str]) -> Iterator[None]:
-    """Hold the state file's lock (the C simulator takes the same one)."""
-    with open(os.fspath(state_file) + ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    """Hold the state file's lock (the C simulator takes the same one); a symlink in the lock
+    file's place is not followed."""
+    fd = os.open(os.fspath(state_file) + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _create_temp(tmp: str, mode: int | None) -> int:
+    """``tmp`` created afresh (never through a symlink); a leftover is removed first (the link
+    itself, never its target). ``mode``: the permission bits to give it."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp, flags, 0o666)
+    except FileExistsError:
+        os.unlink(tmp)
+        fd = os.open(tmp, flags, 0o666)
+    if mode is not None:
+        os.fchmod(fd, mode)
+    return fd
 
 
 def _write_unlocked(state_file: str, records: Sequence[Record]) -> None:
     tmp = f"{state_file}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as out:
-        out.write(render_state(records))
-    # Readers notice a new state by (inode, size, mtime); timestamps tick coarsely and inodes
-    # are reused, so make the mtime strictly larger than the replaced file's (the C side too).
     try:
-        previous = os.stat(state_file).st_mtime_ns
+        mode: int | None = stat.S_IMODE(os.stat(state_file).st_mode)
     except FileNotFoundError:
-        previous = 0
-    stamp = max(time.time_ns(), previous + 1)
-    os.utime(tmp, ns=(stamp, stamp))
-    os.replace(tmp, state_file)
+        mode = None
+    fd = _create_temp(tmp, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(render_state(records))
+        # Readers notice a new state by (inode, size, mtime); timestamps tick coarsely and
+        # inodes are reused, so make the mtime strictly larger than the replaced file's (the C
+        # side too).
+        try:
+            previous = os.stat(state_file).st_mtime_ns
+        except FileNotFoundError:
+            previous = 0
+        stamp = max(time.time_ns(), previous + 1)
+        os.utime(tmp, ns=(stamp, stamp))
+        os.replace(tmp, state_file)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def write_state(state_file: str | os.PathLike[str], spec: str | Sequence[GpuModel]) -> str:
@@ -279,29 +384,42 @@ def write_state(state_file: str | os.PathLike[str], spec: str | Sequence[GpuMode
 
 
 def read_state(state_file: str | os.PathLike[str]) -> list[Record]:
-    with locked(state_file), open(state_file, encoding="utf-8") as f:
-        return parse_state(f.read())
+    path = os.fspath(state_file)
+    check_state_file(path)  # before the lock file beside it is created
+    with locked(path):
+        return parse_state(_read_text(path))
 
 
 @contextlib.contextmanager
 def edit_state(state_file: str | os.PathLike[str]) -> Iterator[list[Record]]:
     """Read, let the caller change the records in place, write back — all under the lock."""
     path = os.fspath(state_file)
+    check_state_file(path)
     with locked(path):
-        with open(path, encoding="utf-8") as f:
-            records = parse_state(f.read())
+        records = parse_state(_read_text(path))
         yield records
         _write_unlocked(path, records)
 
 
+def _totals(state_file: str | os.PathLike[str], keyword: str) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for record in read_state(state_file):
+        if record.keyword == keyword:
+            for key, value in record.fields.items():
+                totals[key] = totals.get(key, 0) + int(value)
+    return dict(sorted(totals.items()))
+
+
 def stats(state_file: str | os.PathLike[str]) -> dict[str, int]:
     """``{nvml_function: call_count}`` over every process that used this node."""
-    counts: dict[str, int] = {}
-    for record in read_state(state_file):
-        if record.keyword == "calls":
-            for key, value in record.fields.items():
-                counts[key] = counts.get(key, 0) + int(value)
-    return dict(sorted(counts.items()))
+    return _totals(state_file, "calls")
+
+
+def charged(state_file: str | os.PathLike[str]) -> dict[str, int]:
+    """``{nvml_function: nanoseconds}`` a latency profile (``MIGKIT_SIM_LATENCY``) charged,
+    over every process that used this node; counted like the calls (a process's reads reach
+    the file at its next mutating call or at shutdown)."""
+    return _totals(state_file, "charged")
 
 
 def reset_gpus(state_file: str | os.PathLike[str], gpus: Sequence[int] | None = None) -> list[int]:
@@ -387,6 +505,9 @@ class SimulatedNode:
 
     def stats(self) -> dict[str, int]:
         return stats(self.state_file)
+
+    def charged(self) -> dict[str, int]:
+        return charged(self.state_file)
 
     def reset_gpus(self, gpus: Sequence[int] | None = None) -> list[int]:
         return reset_gpus(self.state_file, gpus)
