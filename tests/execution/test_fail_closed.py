@@ -128,9 +128,9 @@ class UnknownReads:
     def is_simulated(self) -> bool:
         return self.node.is_simulated
 
-    def snapshot(self) -> tuple[GpuState, ...]:
+    def snapshot(self, *, tables: bool = True) -> tuple[GpuState, ...]:
         self.snapshots += 1
-        gpus = self.node.snapshot()
+        gpus = self.node.snapshot(tables=tables)
         if not self.after <= self.snapshots <= self.until:
             return gpus
         return tuple(attrs.evolve(g, unknown=self.unknown.get(g.index, ())) for g in gpus)
@@ -236,9 +236,9 @@ class HiddenInstances(UnknownReads):
 
     starts: tuple[int, ...] = ()
 
-    def snapshot(self) -> tuple[GpuState, ...]:
+    def snapshot(self, *, tables: bool = True) -> tuple[GpuState, ...]:
         self.snapshots += 1
-        gpus = self.node.snapshot()
+        gpus = self.node.snapshot(tables=tables)
         if self.snapshots > self.until:
             return gpus
         first = gpus[0]
@@ -270,13 +270,13 @@ def test_rollback_never_removes_an_instance_the_run_did_not_create(
 class FailingReads(UnknownReads):
     """A node whose snapshots from the ``after``-th to the ``until``-th raise an NVML error."""
 
-    def snapshot(self) -> tuple[GpuState, ...]:
+    def snapshot(self, *, tables: bool = True) -> tuple[GpuState, ...]:
         from migkit.errors import NvmlError
 
         self.snapshots += 1
         if self.after <= self.snapshots <= self.until:
             raise NvmlError(999, call="nvmlDeviceGetGpuInstances")
-        return self.node.snapshot()
+        return self.node.snapshot(tables=tables)
 
 
 def test_node_unreadable_after_the_mode_change_rolls_the_mode_back(
@@ -286,7 +286,8 @@ def test_node_unreadable_after_the_mode_change_rolls_the_mode_back(
     (the rollback's own read succeeds) and the run exits 1 naming the call."""
     state = simulator.write_state(tmp_path / "n.state", "2xh100-80gb")
     with migkit.open_node(sim_state=state) as node:
-        report = apply(FailingReads(node, {}, after=3, until=5), load_config(config_file), "all-balanced")
+        # snapshots 3 to 11: every read of the three re-plans, three tries each
+        report = apply(FailingReads(node, {}, after=3, until=11), load_config(config_file), "all-balanced")
     assert report.exit_code == 1
     assert [o.status for o in report.outcomes] == ["restored", "restored"]
     assert "nvmlDeviceGetGpuInstances" in report.summary()
@@ -298,9 +299,9 @@ class MissingProfile(UnknownReads):
     """A node whose snapshots from ``after`` to ``until`` lack the 1g.10gb profile (a profile
     table read that went wrong without saying so)."""
 
-    def snapshot(self) -> tuple[GpuState, ...]:
+    def snapshot(self, *, tables: bool = True) -> tuple[GpuState, ...]:
         self.snapshots += 1
-        gpus = self.node.snapshot()
+        gpus = self.node.snapshot(tables=tables)
         if not self.after <= self.snapshots <= self.until:
             return gpus
         return tuple(
