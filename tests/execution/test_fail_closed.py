@@ -565,23 +565,6 @@ SCENARIOS = (
 )
 
 
-# (function=error) pairs that the snapshot of this version reads as a fact instead of as a
-# failed read: NOT_SUPPORTED from nvmlDeviceGetMigMode reads as "this GPU has no MIG" (so the
-# GPU is skipped and the apply can even exit 0 with it untouched), and NOT_SUPPORTED from the
-# v3 profile-info calls drops that profile, so the snapshot silently lacks its instances.
-# Rollback then leaves those instances alone (this run did not create them) and reports the
-# GPU failed; the failed read cannot be named. The apply layer cannot name a read that
-# never reaches it; once the snapshot records these in GpuState.unknown this set must be
-# emptied (every other pair is held to the full contract).
-SNAPSHOT_SWALLOWS: frozenset[str] = frozenset(
-    {
-        "nvmlDeviceGetMigMode=NOT_SUPPORTED",
-        "nvmlDeviceGetGpuInstanceProfileInfoV=NOT_SUPPORTED",
-        "nvmlGpuInstanceGetComputeInstanceProfileInfoV=NOT_SUPPORTED",
-    }
-)
-
-
 def _sweep_profile() -> tuple[int, int]:
     """(positions sampled per function and scenario, errors per position): two and one in
     CI; every position with every error under MIGKIT_FAULT_SWEEP=long; ``P,E`` for P and E."""
@@ -648,9 +631,8 @@ def test_read_fault_sweep(tmp_path: Path, config_file: str, scenario: tuple[str,
                     if orphans(gpus):
                         problems.append(f"{case}: orphans {orphans(gpus)}")
                     keys = {g.index: layout_key(g) for g in gpus}
-                    swallowed = f"{function}={error}" in SNAPSHOT_SWALLOWS
                     if code == 0:
-                        if keys != wanted and not swallowed:
+                        if keys != wanted:
                             problems.append(f"{case}: exit 0 but the node is not at the target")
                     elif code not in (1, 2):
                         problems.append(f"{case}: exit {code}: {err}")
@@ -671,12 +653,9 @@ def test_read_fault_sweep(tmp_path: Path, config_file: str, scenario: tuple[str,
                         problems.append(f"{case}: the rerun failed")
                     elif cli("--sim-state", state, "assert", "-f", config_file, "-c", target)[0] != 0:
                         problems.append(f"{case}: the rerun did not converge")
-    # A read the snapshot swallows (records neither as an error nor in GpuState.unknown)
-    # cannot be named by the apply layer; those are the NVML layer's to record.
     problems.extend(
         f"{case}: the failed call is not named, or the report disagrees with a fresh read"
         for case in unnamed
-        if f"{case.split('@')[0]}={case.split('=')[1]}" not in SNAPSHOT_SWALLOWS
     )
     print(f"read-fault sweep {first}->{target}: {trials} trials, {len(problems)} failures, "
           f"{len(unnamed)} not named ({failures_named} named)")
