@@ -75,14 +75,9 @@ class Journal:
 
 
 def _may_exist(result: Any) -> bool:
-    """A create result after which the instance may exist: it succeeded, or the create call
-    itself went through and a later read (its id, its info) failed."""
-    if result.ok:
-        return True
-    if not result.attempted or result.error is None:
-        return False
-    call = getattr(result.error, "call", None) or ""
-    return bool(call) and "Create" not in call
+    """A create result after which the instance exists: it succeeded, or NVML created it and
+    reading it back failed (``created`` without an id)."""
+    return bool(result.ok or result.created)
 
 
 def _check(
