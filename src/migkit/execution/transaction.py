@@ -261,10 +261,10 @@ def restore_gpu(
     that were not there before, then set the MIG mode back (resetting the GPU when the
     change is pending and ``allow_reset``), then re-create what is missing. A read with an
     unknown fact is never acted on; the round is retried. With ``created`` (what the run may
-    have created, see :func:`~migkit.execution.actions.created_keys`), an instance that
-    ``before`` lacks is removed only if the run may have made it: anything else is left
-    alone and reported, since ``before`` itself may have missed it. Returns ``ok`` only when a
-    fresh read shows the GPU as it was."""
+    have created, :attr:`Journal.maybe_created`), an instance that ``before`` lacks is removed
+    only if the run may have made it: anything else is left alone and reported, since
+    ``before`` itself may have missed it. Returns ``ok`` only when a fresh read shows the GPU
+    as it was."""
     from migkit.nvml._binding import MigModeRequest
 
     problems: list[str] = []
@@ -277,6 +277,7 @@ def restore_gpu(
             return Restoration(True, tuple(problems), now)
         try:
             if now.mig_enabled and not before.mig_enabled and now.gpu_instances:
+                # MIG was off before, so every instance now was made after that read.
                 _apply_best_effort(node, now, restore_actions(now, None), problems)
             elif (now.mig_mode, now.pending_mig_mode) != (before.mig_mode, before.pending_mig_mode):
                 (result,) = node.set_mig_mode([MigModeRequest(now.index, before.mig_mode)])
