@@ -193,6 +193,10 @@ def test_signal_sweep_keeps_the_lock_until_the_last_change(
             seen[_trial(tmp_path, base, config, sig, rng.uniform(0.0, 0.5))] += 1
         except AssertionError as failure:
             failures.append(str(failure).splitlines()[0])
+    print(
+        f"signal sweep {signal.Signals(sig).name}: {_trials()} trials, {len(failures)} failures "
+        f"({seen['interrupted']} interrupted mid-apply, {seen['late']} after the run was over)"
+    )
     assert not failures, f"{len(failures)}/{_trials()} trials failed:\n" + "\n".join(failures)
     assert seen["interrupted"] > 0, seen
 
