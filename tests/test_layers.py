@@ -19,7 +19,15 @@ import migkit
 
 PACKAGE_ROOT = pathlib.Path(migkit.__file__).resolve().parent
 PURE = ("migkit.config", "migkit.planning", "migkit.hardware", "migkit.names", "migkit.models", "migkit.errors")
-ABOVE_PURE = ("migkit.nvml", "migkit.execution", "migkit.simulator", "migkit.agent", "migkit.cli")
+ABOVE_PURE = (
+    "migkit.nvml",
+    "migkit.execution",
+    "migkit.simulator",
+    "migkit.agent",
+    "migkit.fleet",
+    "migkit.cli",
+    "migkit.commands",
+)
 FOUNDATION = ("migkit.models", "migkit.names", "migkit.errors")
 
 

@@ -37,7 +37,7 @@ _EXPORTS: dict[str, str] = {
     "NodeLike": "migkit.nvml.node",
     "Outcome": "migkit.models",
     "ResetFailed": "migkit.errors",
-    "restore": "migkit.execution.orchestrate",
+    "restore": "migkit.checkpoint",
     "canonical_name": "migkit.names",
     "ComputeInstance": "migkit.models",
     "ComputeProfile": "migkit.models",
@@ -117,7 +117,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from migkit import hardware, models, names, simulator
-    from migkit.checkpoint import Checkpoint
+    from migkit.checkpoint import Checkpoint, restore
     from migkit.config import ConfigEntry, MigConfigFile, load_config, select
     from migkit.config.filters import DeviceFilter
     from migkit.errors import (
@@ -138,7 +138,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         UnknownModelError,
         UnknownProfileError,
     )
-    from migkit.execution.orchestrate import apply, assert_config, restore
+    from migkit.execution.orchestrate import apply, assert_config
     from migkit.execution.report import ApplyReport, AssertResult, GpuOutcome
     from migkit.hardware import gpu_model, gpu_models
     from migkit.models import (

@@ -20,27 +20,22 @@ mig-configs:
     mig-devices:
       1g.10gb: 7
 
-:func:`render` is shared with :mod:`migkit.generate`.
+:func:`render` is the one writer of v1 documents (:mod:`migkit.config.writer`).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
-import yaml
 
+from migkit.config.writer import ConfigDocument, render
 from migkit.models import GpuState
 
 __all__ = ["ConfigDocument", "device_id_string", "export_config", "gpu_mig_devices", "render"]
 
-ConfigDocument = dict[str, Any]
-"""A mig-parted v1 document as plain data: ``{"version": "v1", "mig-configs": {...}}``."""
 
-# Keys whose list values upstream prints in flow style (``devices: [0, 2]``).
-_FLOW_KEYS = frozenset({"devices", "device-filter"})
 
 
 def device_id_string(pci_device_id: int) -> str:
@@ -121,52 +116,3 @@ def _merge(specs: Sequence[_GpuSpec]) -> list[dict[str, Any]]:
         entry["mig-devices"] = dict(spec.mig_devices)
         entries.append(entry)
     return entries
-
-
-# --------------------------------------------------------------------------- rendering
-
-
-class _FlowList(list[Any]):
-    """A list that YAML prints in flow style: ``[0, 1]``."""
-
-
-class _Dumper(yaml.SafeDumper):
-    """Safe dumper that knows :class:`_FlowList`."""
-
-
-def _represent_flow_list(dumper: yaml.SafeDumper, data: _FlowList) -> yaml.Node:
-    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
-
-
-_Dumper.add_representer(_FlowList, _represent_flow_list)
-
-
-def _flow_lists(value: Any, key: str | None = None) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _flow_lists(v, k) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        items = [_flow_lists(v) for v in value]
-        return _FlowList(items) if key in _FLOW_KEYS else items
-    return value
-
-
-def render(doc: Mapping[str, Any], fmt: str = "yaml") -> str:
-    """``doc`` as YAML (default) or indented JSON, ending in a newline.
-
-    YAML keeps the document's key order, prints ``devices`` and ``device-filter`` lists in
-    flow style and everything else in block style; device IDs come out quoted
-    (``'0x233010DE'``) so that any YAML 1.1 reader keeps them as strings.
-    """
-    if fmt == "json":
-        return json.dumps(doc, indent=2) + "\n"
-    if fmt == "yaml":
-        text: str = yaml.dump(
-            _flow_lists(doc),
-            Dumper=_Dumper,
-            default_flow_style=False,
-            sort_keys=False,
-            allow_unicode=True,
-            width=1 << 16,
-        )
-        return text
-    raise ValueError(f"unsupported output format {fmt!r} (use 'yaml' or 'json')")

@@ -5,17 +5,9 @@ never ``nvml``, ``apply`` or the simulator.
 """
 
 from migkit.config.filters import DeviceFilter, filters_match, parse_go_uint32
-from migkit.config.parse import (
-    ConfigEntry,
-    ConfigWarning,
-    MigConfigFile,
-    SelectedConfig,
-    dump_json,
-    dump_yaml,
-    load_config,
-    parse_config,
-    select,
-)
+from migkit.config.parse import load_config, parse_config, select
+from migkit.config.values import ConfigEntry, ConfigWarning, MigConfigFile, SelectedConfig
+from migkit.config.writer import dump_json, dump_yaml
 
 __all__ = [
     "ConfigEntry",

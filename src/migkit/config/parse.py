@@ -18,21 +18,24 @@ and values are built from the node tree here, so each one keeps its position.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import gc
 import json
 import os
-import re
-from collections.abc import Iterable, Iterator, Mapping
-from types import MappingProxyType
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-import attrs
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from migkit.config.filters import DeviceFilter
+from migkit.config.values import ConfigEntry, ConfigWarning, MigConfigFile, SelectedConfig
+from migkit.config.yaml_compose import (
+    SCALARS,
+    TAG,
+    GoYamlLoader,
+    collector_paused,
+    compose_fast,
+    join_surrogates,
+)
 from migkit.errors import ConfigError
 from migkit.names import ProfileCounts, parse_profile_name
 
@@ -41,8 +44,6 @@ __all__ = [
     "ConfigWarning",
     "MigConfigFile",
     "SelectedConfig",
-    "dump_json",
-    "dump_yaml",
     "load_config",
     "parse_config",
     "select",
@@ -51,186 +52,8 @@ __all__ = [
 ENTRY_KEYS = ("devices", "mig-enabled", "mig-devices", "device-filter")
 TOP_KEYS = ("version", "mig-configs")
 _NAME_EXAMPLE = '(expected like "1g.10gb" or "1c.3g.20gb")'
-_TAG = "tag:yaml.org,2002:"
 _BOOL_TRUE = frozenset({"y", "yes", "true", "on"})
 _BOOL_FALSE = frozenset({"n", "no", "false", "off"})
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads YAML 1.1's ``y``/``n`` as booleans, as go-yaml v2 does."""
-
-    bool_values: ClassVar[dict[str, bool]] = {**yaml.SafeLoader.bool_values, "y": True, "n": False}
-
-
-_CONSTRUCTOR = yaml.constructor.SafeConstructor()
-_Loader.add_implicit_resolver(_TAG + "bool", re.compile(r"^(?:y|Y|n|N)$"), list("yYnN"))
-# go-yaml v2 also reads an exponent without a dot (1e0, 7E+0) as a float; YAML 1.1 does not.
-_Loader.add_implicit_resolver(
-    _TAG + "float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"), list("-+0123456789")
-)
-
-# libyaml's parser and composer (PyYAML's C extension) with the same resolvers: it builds the
-# node tree, marks included, several times faster than the pure-Python reader. Where the C
-# extension is missing, or it refuses a document, the pure-Python loader composes instead (so
-# errors read exactly as before and nothing the pure-Python loader accepts is refused).
-_FastLoader: type[Any] | None = None
-if hasattr(yaml, "CSafeLoader"):
-
-    class _CLoader(yaml.CSafeLoader):
-        bool_values: ClassVar[dict[str, bool]] = _Loader.bool_values
-
-    _CLoader.yaml_implicit_resolvers = _Loader.yaml_implicit_resolvers
-    _FastLoader = _CLoader
-
-
-# libyaml and the pure-Python composer differ on tags ("!", "!!str"), tabs, some non-ASCII
-# characters (a BOM inside the text, NEL, ...), edge cases of block scalars ("|#"),
-# directives and escapes. Configs are printable ASCII without these; anything else takes the
-# pure-Python path, so both paths always agree.
-_NOT_PLAIN = re.compile(r"[^\n\r\x20-\x7e]|[!|>%\\@`]")
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a big, acyclic node tree is built.
-
-    Composing allocates millions of objects that all stay alive; each full collection walks
-    all of them, which made loading quadratic in the file size (3.4 MB: 105 s). The tree has
-    no cycles to collect, so pausing costs nothing; the previous state is restored.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def _compose_fast(text: str) -> Node | None:
-    """The node tree from libyaml, or raises ``LookupError`` when it cannot give one."""
-    if _FastLoader is None:
-        raise LookupError("the C loader is not available")
-    if _NOT_PLAIN.search(text) is not None:
-        raise LookupError("the document has characters the two composers treat differently")
-    try:
-        loader = _FastLoader(text)
-    except (yaml.YAMLError, ValueError, UnicodeError):
-        raise LookupError("the C loader refused the document") from None
-    try:
-        root: Node | None = loader.get_single_node()
-    except (yaml.YAMLError, RecursionError, ValueError, UnicodeError):
-        raise LookupError("the C loader refused the document") from None
-    finally:
-        loader.dispose()
-    return root
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _join_surrogates(text: str) -> str:
-    """Combine JSON-style surrogate pairs (``\\ud800\\udc00``), which YAML leaves apart."""
-    if _SURROGATE.search(text) is None:
-        return text
-    try:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16")
-    except UnicodeDecodeError:
-        return text
-
-
-@attrs.frozen
-class ConfigWarning:
-    """Something accepted but probably unintended; ``str()`` is ``file:line:col: message``."""
-
-    message: str
-    file: str | None = None
-    line: int | None = None
-    column: int | None = None
-
-    def __str__(self) -> str:
-        where = [str(p) for p in (self.file, self.line, self.column) if p is not None]
-        return f"{':'.join(where)}: {self.message}" if where else self.message
-
-
-def _counts_converter(value: Mapping[str, int] | ProfileCounts) -> ProfileCounts:
-    return value if isinstance(value, ProfileCounts) else ProfileCounts(value.items())
-
-
-def _filters_converter(value: Iterable[DeviceFilter]) -> tuple[DeviceFilter, ...]:
-    return tuple(value)
-
-
-def _warnings_converter(value: Iterable[ConfigWarning]) -> tuple[ConfigWarning, ...]:
-    return tuple(value)
-
-
-def _devices_converter(
-    value: str | tuple[int, ...] | list[int],
-) -> Literal["all"] | tuple[int, ...]:
-    if value == "all":
-        return "all"
-    if isinstance(value, str):
-        raise ValueError(f'devices must be "all" or a list of indices, not {value!r}')
-    return tuple(sorted(set(value)))
-
-
-@attrs.frozen
-class ConfigEntry:
-    """One entry of a named config: which GPUs, and what MIG state they should have.
-
-    ``mig_devices`` has canonical names, no zero counts, duplicates summed. ``devices`` is
-    ``"all"`` or sorted, de-duplicated indices. The source position (``file``, ``line``,
-    ``column``, ``profile_marks``) is for messages and does not take part in equality.
-    """
-
-    devices: Literal["all"] | tuple[int, ...] = attrs.field(converter=_devices_converter)
-    mig_enabled: bool
-    mig_devices: ProfileCounts = attrs.field(factory=ProfileCounts, converter=_counts_converter)
-    device_filters: tuple[DeviceFilter, ...] = attrs.field(default=(), converter=_filters_converter)
-    file: str | None = attrs.field(default=None, eq=False)
-    line: int | None = attrs.field(default=None, eq=False)
-    column: int | None = attrs.field(default=None, eq=False)
-    # (canonical name, line, column) of each mig-devices key as first written
-    profile_marks: tuple[tuple[str, int, int], ...] = attrs.field(default=(), eq=False)
-
-    def same_spec(self, other: ConfigEntry) -> bool:
-        """True when both entries ask for the same MIG state (mode and counts)."""
-        return self.mig_enabled == other.mig_enabled and self.mig_devices == other.mig_devices
-
-    def profile_location(self, name: str) -> tuple[str | None, int | None, int | None]:
-        """``(file, line, column)`` of a mig-devices key (by canonical name), else the entry's."""
-        for canonical, line, column in self.profile_marks:
-            if canonical == name:
-                return self.file, line, column
-        return self.file, self.line, self.column
-
-
-def _configs_converter(
-    value: Mapping[str, tuple[ConfigEntry, ...] | list[ConfigEntry]],
-) -> Mapping[str, tuple[ConfigEntry, ...]]:
-    return MappingProxyType({name: tuple(entries) for name, entries in value.items()})
-
-
-@attrs.frozen(unsafe_hash=False)
-class MigConfigFile:
-    """A loaded v1 file: named configs in file order, the source name and any warnings."""
-
-    configs: Mapping[str, tuple[ConfigEntry, ...]] = attrs.field(
-        factory=dict, converter=_configs_converter
-    )
-    file: str | None = attrs.field(default=None, eq=False)
-    warnings: tuple[ConfigWarning, ...] = attrs.field(
-        default=(), converter=_warnings_converter, eq=False
-    )
-
-
-@attrs.frozen
-class SelectedConfig:
-    """The config chosen with ``-c`` (or the only one in the file)."""
-
-    name: str
-    entries: tuple[ConfigEntry, ...]
 
 
 # --------------------------------------------------------------------------------- loading
@@ -311,37 +134,37 @@ class _Parser:
         """The Python value of a scalar node (null, bool, int, float or str)."""
         assert isinstance(node, ScalarNode)
         tag = node.tag
-        if tag == _TAG + "null":
+        if tag == TAG + "null":
             return None
-        if tag == _TAG + "bool":
+        if tag == TAG + "bool":
             lowered = node.value.lower()
             if lowered in _BOOL_TRUE:
                 return True
             if lowered in _BOOL_FALSE:
                 return False
             raise self.error(node, f"{node.value!r} is not a boolean")
-        if tag in (_TAG + "int", _TAG + "float"):
+        if tag in (TAG + "int", TAG + "float"):
             if ":" in node.value:
                 # YAML 1.1 base-60 numbers (1:20 -> 80): go-yaml v2, and so mig-parted, reads
                 # them as strings, so they are strings here too (and fail where a number is due).
-                return _join_surrogates(node.value)
+                return join_surrogates(node.value)
             try:
                 if tag.endswith("int"):
-                    return _CONSTRUCTOR.construct_yaml_int(node)
-                return _CONSTRUCTOR.construct_yaml_float(node)
+                    return SCALARS.construct_yaml_int(node)
+                return SCALARS.construct_yaml_float(node)
             except (ValueError, IndexError, yaml.YAMLError):
                 raise self.error(node, f"{node.value!r} is not a valid number") from None
-        if tag in (_TAG + "str", _TAG + "timestamp"):
-            return _join_surrogates(node.value)
+        if tag in (TAG + "str", TAG + "timestamp"):
+            return join_surrogates(node.value)
         raise self.error(node, f"unsupported YAML tag {tag!r}")
 
     def kind(self, node: Node) -> _Kind:
         if isinstance(node, MappingNode):
-            if node.tag != _TAG + "map":
+            if node.tag != TAG + "map":
                 raise self.error(node, f"unsupported YAML tag {node.tag!r}")
             return "map"
         if isinstance(node, SequenceNode):
-            if node.tag != _TAG + "seq":
+            if node.tag != TAG + "seq":
                 raise self.error(node, f"unsupported YAML tag {node.tag!r}")
             return "list"
         value = self.scalar(node)
@@ -378,7 +201,7 @@ class _Parser:
         explicit: list[tuple[str, Node, Node]] = []
         merged: list[tuple[str, Node, Node]] = []
         for key_node, value_node in node.value:
-            if key_node.tag == _TAG + "merge":
+            if key_node.tag == TAG + "merge":
                 sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
                 for source in sources:
                     if not isinstance(source, MappingNode):
@@ -437,9 +260,9 @@ class _Parser:
     # -- structure ---------------------------------------------------------------------------
 
     def parse(self, text: str) -> MigConfigFile:
-        with _collector_paused():
+        with collector_paused():
             try:
-                root = _compose_fast(text)
+                root = compose_fast(text)
             except LookupError:
                 return self.build(self.compose(text))
             try:
@@ -465,7 +288,7 @@ class _Parser:
     def compose(self, text: str) -> Node | None:
         """The node tree from the pure-Python loader, or its error as a ConfigError."""
         try:
-            loader = _Loader(text)
+            loader = GoYamlLoader(text)
         except yaml.reader.ReaderError as err:
             line = text.count("\n", 0, err.position) + 1
             column = err.position - (text.rfind("\n", 0, err.position) + 1) + 1
@@ -506,12 +329,12 @@ class _Parser:
                 continue
             seen.add(id(node))
             if isinstance(node, MappingNode):
-                if node.tag != _TAG + "map":
+                if node.tag != TAG + "map":
                     raise self.error(node, f"unsupported YAML tag {node.tag!r}")
                 for key, value in node.value:
                     stack.extend((key, value))
             elif isinstance(node, SequenceNode):
-                if node.tag != _TAG + "seq":
+                if node.tag != TAG + "seq":
                     raise self.error(node, f"unsupported YAML tag {node.tag!r}")
                 stack.extend(node.value)
 
@@ -771,103 +594,3 @@ def select(config_file: MigConfigFile, name: str | None = None) -> SelectedConfi
             f"config {json.dumps(name)} is not in the file{hint}", file=config_file.file
         )
     return SelectedConfig(name, config_file.configs[name])
-
-
-# --------------------------------------------------------------------------------- writing
-
-
-def _entry_dict(entry: ConfigEntry) -> dict[str, Any]:
-    data: dict[str, Any] = {}
-    if entry.device_filters:
-        rendered = [str(f) for f in entry.device_filters]
-        data["device-filter"] = rendered[0] if len(rendered) == 1 else rendered
-    data["devices"] = "all" if entry.devices == "all" else list(entry.devices)
-    data["mig-enabled"] = entry.mig_enabled
-    if entry.mig_enabled:
-        data["mig-devices"] = dict(entry.mig_devices)
-    return data
-
-
-def to_document(config_file: MigConfigFile) -> dict[str, Any]:
-    """The file as plain data (what :func:`dump_json` writes)."""
-    document: dict[str, Any] = {"version": "v1"}
-    if config_file.configs:
-        document["mig-configs"] = {
-            name: [_entry_dict(e) for e in entries] for name, entries in config_file.configs.items()
-        }
-    return document
-
-
-def dump_json(config_file: MigConfigFile) -> str:
-    """The file as indented JSON (which is also valid v1 YAML)."""
-    return (
-        _escape_for_yaml(json.dumps(to_document(config_file), indent=2, ensure_ascii=False)) + "\n"
-    )
-
-
-_PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+/-]*")
-# Characters a YAML reader refuses, or reads as line breaks, even inside quotes.
-_YAML_UNSAFE = re.compile(
-    "[^\x09\x0a\x0d\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
-)
-
-
-def _escape_for_yaml(text: str) -> str:
-    """JSON text with every character YAML would refuse written as a \\uXXXX escape."""
-    return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-
-
-def _quote(text: str) -> str:
-    """A double-quoted scalar that JSON and YAML both read back as ``text``."""
-    return _escape_for_yaml(json.dumps(text, ensure_ascii=False))
-
-
-def _yaml_str(text: str) -> str:
-    """``text`` as a YAML scalar that loads back as the same string."""
-    if _PLAIN.fullmatch(text) and not text.endswith(":"):
-        loaded = yaml.load(text, Loader=_Loader)
-        if loaded == text:
-            return text
-    return _quote(text)
-
-
-def _flow(values: list[str]) -> str:
-    return "[" + ", ".join(values) + "]"
-
-
-def dump_yaml(config_file: MigConfigFile) -> str:
-    """The file as YAML in mig-parted's layout, with flow style for devices and filters."""
-    lines = ["version: v1"]
-    if config_file.configs:
-        lines.append("mig-configs:")
-    for name, entries in config_file.configs.items():
-        lines.append(f"  {_yaml_str(name)}:")
-        for entry in entries:
-            body: list[str] = []
-            if entry.device_filters:
-                rendered = [_quote(str(f)) for f in entry.device_filters]
-                body.append(
-                    f"device-filter: {rendered[0] if len(rendered) == 1 else _flow(rendered)}"
-                )
-            devices = "all" if entry.devices == "all" else _flow([str(i) for i in entry.devices])
-            body.append(f"devices: {devices}")
-            body.append(f"mig-enabled: {'true' if entry.mig_enabled else 'false'}")
-            if entry.mig_enabled:
-                if entry.mig_devices:
-                    body.append("mig-devices:")
-                    body.extend(
-                        f"  {_yaml_str(profile)}: {count}"
-                        for profile, count in entry.mig_devices.items()
-                    )
-                else:
-                    body.append("mig-devices: {}")
-            lines.append(f"    - {body[0]}")
-            lines.extend(f"      {line}" for line in body[1:])
-    return "\n".join(lines) + "\n"
-
-
-def iter_entries(config_file: MigConfigFile) -> Iterator[tuple[str, int, ConfigEntry]]:
-    """Every ``(config name, entry index, entry)`` in file order."""
-    for name, entries in config_file.configs.items():
-        for k, entry in enumerate(entries):
-            yield name, k, entry
