@@ -228,19 +228,46 @@ def test_missing_hook_names_are_skipped_silently(tmp_path: Path) -> None:
         runner.run(name)
 
 
-def test_unknown_hook_names_are_loaded_but_never_run(tmp_path: Path) -> None:
-    """Names outside HOOK_ORDER cause no error and are not run by the apply sequence."""
-    marker = tmp_path / "ran"
-    script(tmp_path, "post", f'touch "{marker}"\n')
-    hooks = parse_hooks(
-        f"version: v1\nhooks:\n  post-apply:\n    - command: {tmp_path / 'post'}\n"
-        f"  apply-start:\n    - command: /bin/true\n"
+def test_unknown_hook_name_is_a_load_error_with_position_and_suggestion(tmp_path: Path) -> None:
+    """A misspelled hook name fails the load naming the file, the line and the likely name."""
+    path = tmp_path / "hooks.yaml"
+    path.write_text(
+        "version: v1\nhooks:\n  apply-start:\n    - command: /bin/true\n"
+        "  pre-apply-confg:\n    - command: /bin/true\n"
     )
-    assert hooks.unknown_names() == ("post-apply",)
-    runner = HookRunner(hooks, FLAGS)
-    for name in HOOK_ORDER:
-        runner.run(name)
-    assert not marker.exists()
+    with pytest.raises(ConfigError) as caught:
+        load_hooks(path)
+    err = caught.value
+    assert err.file == str(path) and err.line == 5
+    assert "pre-apply-confg" in str(err) and "did you mean 'pre-apply-config'" in str(err)
+
+
+def test_unknown_hook_name_without_a_close_match_lists_the_known_ones() -> None:
+    """A name far from every hook name is still an error, listing the names that exist."""
+    with pytest.raises(ConfigError) as caught:
+        parse_hooks("hooks:\n  post-apply:\n    - command: /bin/true\n")
+    assert "post-apply" in str(caught.value)
+    assert all(name in str(caught.value) for name in HOOK_ORDER)
+
+
+def test_apply_with_a_misspelled_hook_exits_2_before_any_change(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """apply -k with an unknown hook name exits 2 and issues no mutating NVML call."""
+    from migkit import simulator
+    from migkit.cli import main
+
+    state = simulator.write_state(tmp_path / "n.state", "1xh100-80gb")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "version: v1\nmig-configs:\n  mig:\n    - devices: all\n      mig-enabled: true\n      mig-devices: {}\n"
+    )
+    hooks = tmp_path / "hooks.yaml"
+    hooks.write_text("hooks:\n  pre-apply-mdoe:\n    - command: /bin/true\n")
+    code = main(["--sim-state", state, "apply", "-f", str(config), "-c", "mig", "-k", str(hooks)])
+    assert code == 2
+    assert f"{hooks}:2" in capsys.readouterr().err
+    assert not simulator.stats(state).get("nvmlDeviceSetMigMode")
 
 
 def test_debug_echoes_hook_output(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:

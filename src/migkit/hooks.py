@@ -12,9 +12,11 @@ A hooks file (``-k/--hooks-file``) names lists of commands to run around ``apply
           workdir: /var/lib/migkit
 
 Compatibility with ``nvidia-mig-parted``: unknown top-level keys and unknown keys inside a
-hook are ignored, hook names other than :data:`HOOK_ORDER` are never run, and a name the file
-does not define is skipped silently. migkit checks the types when loading (a hook without a
-``command`` string is an error there, not when it would run).
+hook are ignored, and a name the file does not define is skipped silently. Unlike upstream, a
+hook name other than :data:`HOOK_ORDER` is a load error (file, line and the closest known
+name): a misspelled ``pre-apply-config`` would otherwise never run, and the apply would go
+ahead without stopping the GPU clients it was meant to stop. migkit checks the types when
+loading too (a hook without a ``command`` string is an error there, not when it would run).
 
 :class:`HookRunner` runs each command as an argument vector, never through a shell. Its
 environment is the hook's ``envs`` plus the flag variables (:func:`apply_flag_env`), the
@@ -123,7 +125,8 @@ class Hooks:
         return tuple(name for name, _ in self.hooks)
 
     def unknown_names(self) -> tuple[str, ...]:
-        """Names in the file that apply never runs (ignored, as upstream; worth a warning)."""
+        """Names apply never runs; :func:`parse_hooks` refuses a file with any, so this is
+        empty for a loaded file and non-empty only for a ``Hooks`` built by hand."""
         return tuple(name for name in self.names if name not in HOOK_ORDER)
 
 
@@ -215,6 +218,8 @@ class _Parser:
                 raise self.error(
                     ["hooks"], f"hook names must be strings, not {_kind(name)} {name!r}"
                 )
+            if name not in HOOK_ORDER:
+                raise self._unknown_name(name)
             if specs is None:
                 specs = []
             if not isinstance(specs, list):
@@ -225,6 +230,26 @@ class _Parser:
                 (name, tuple(self.spec(["hooks", name, k], s) for k, s in enumerate(specs)))
             )
         return Hooks(hooks=tuple(parsed), version=_text(version), file=self.file)
+
+    def _unknown_name(self, name: str) -> ConfigError:
+        """An error at the key itself (its line), suggesting the closest hook name."""
+        import difflib
+
+        close = difflib.get_close_matches(name, HOOK_ORDER, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        known = ", ".join(HOOK_ORDER)
+        line = column = None
+        hooks_node = self._node(["hooks"])
+        if isinstance(hooks_node, yaml.MappingNode):
+            for key, _ in hooks_node.value:
+                if getattr(key, "value", None) == name:
+                    line, column = key.start_mark.line + 1, key.start_mark.column + 1
+        return ConfigError(
+            f"hooks.{name}: unknown hook name {name!r}; {hint}migkit runs only: {known}",
+            file=self.file,
+            line=line,
+            column=column,
+        )
 
     def spec(self, path: list[str | int], data: Any) -> HookSpec:
         if not isinstance(data, dict):

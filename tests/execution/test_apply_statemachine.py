@@ -15,7 +15,7 @@ A100 switches MIG mode only at a reset), sometimes with one mutating NVML call f
 
 Sizes per Hypothesis profile (BUDGET): ``dev`` and ``ci`` 60 sequences of up to 10 steps (under
 half a minute on a loaded 2-core machine), ``long`` 2,000 of up to 20 (see docs/design.md).
-Bugs the machine found are pinned as xfail examples at the end of this file.
+Bugs the machine found are pinned as examples at the end of this file.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import pytest
 import yaml
 from hypothesis import event, settings
 from hypothesis import strategies as st
@@ -63,13 +62,14 @@ STRANGERS = ("1g.5gb", "2g.10gb", "3g.20gb", "3g.40gb", "2g.20gb", "5g.50gb", "1
 BUDGET = (2000, 20) if settings.default.max_examples >= 1000 else (60, 10)
 
 
-# Known bugs of the apply layer, each pinned by an xfail(strict=True) example at the end of this
-# file. While one is open the machine tolerates exactly its deviation; when a fix lands, its
-# example XPASSes and fails the suite: then set the flag to False.
-MODE_CHANGE_SURVIVES_FAILURE = True  # a failed apply keeps the mode changes it made
-MODE_PHASE_FAILURE_OMITS_GPUS = True  # a failed mode phase reports only the GPUs that failed
-MODE_CHANGE_REPORTED_UNCHANGED = True  # a GPU whose mode changed may read "unchanged"
-FAILED_DISABLE_LOSES_INSTANCES = True  # instances cleared for a disable stay gone when it fails
+# Known bugs of the apply layer, each pinned by an example at the end of this file (xfail,
+# strict, while open). While one is open the machine tolerates exactly its deviation; when a
+# fix lands, its example XPASSes and fails the suite: then set the flag to False. All four
+# are fixed.
+MODE_CHANGE_SURVIVES_FAILURE = False  # a failed apply keeps the mode changes it made
+MODE_PHASE_FAILURE_OMITS_GPUS = False  # a failed mode phase reports only the GPUs that failed
+MODE_CHANGE_REPORTED_UNCHANGED = False  # a GPU whose mode changed may read "unchanged"
+FAILED_DISABLE_LOSES_INSTANCES = False  # instances cleared for a disable stay gone when it fails
 
 
 @attrs.frozen
@@ -325,8 +325,7 @@ def test_fault_list_names_mutating_calls() -> None:
 
 
 # ---------------------------------------------------------------------- the machine's findings
-# Each example below is a bug the machine found, in its smallest form; they fail today
-# (xfail, strict) and pass once src/migkit/execution/orchestrate.py is fixed.
+# Each example below is a bug the machine found, in its smallest form (all fixed now).
 
 ONE_1G = """\
 version: v1
@@ -356,11 +355,6 @@ def _apply_with_fault(state: str, name: str, fault: str | None) -> migkit.ApplyR
         os.environ.pop(simulator.FAULTS_ENV, None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a failure after the mode phase restores the instances but not the MIG mode, "
-    "and the report says 'previous layout restored'",
-)
 def test_a_restored_gpu_is_back_at_its_previous_mig_mode(tmp_path: Path) -> None:
     """MIG off, apply one 1g.10gb, the GI creation fails: the GPU reads restored and is MIG off again."""
     state = simulator.write_state(tmp_path / "node.state", "1xh100-80gb")
@@ -371,9 +365,6 @@ def test_a_restored_gpu_is_back_at_its_previous_mig_mode(tmp_path: Path) -> None
     assert not gpu.mig_enabled, describe_gpu(gpu)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="when one GPU's mode change fails, the report leaves out the GPUs whose mode changed"
-)
 def test_a_failed_mode_phase_reports_every_gpu(tmp_path: Path) -> None:
     """Two GPUs to enable, the first mode change fails: the report still has one outcome per GPU."""
     state = simulator.write_state(tmp_path / "node.state", "2xh100-80gb")
@@ -382,7 +373,6 @@ def test_a_failed_mode_phase_reports_every_gpu(tmp_path: Path) -> None:
     assert sorted(o.index for o in report.outcomes) == [0, 1], report.summary()
 
 
-@pytest.mark.xfail(strict=True, reason="the mode phase's outcome is dropped; the config phase finds nothing to do")
 def test_a_gpu_whose_mode_changed_is_not_reported_unchanged(tmp_path: Path) -> None:
     """Enabling MIG with no instances asked for is a change, and the report says so."""
     state = simulator.write_state(tmp_path / "node.state", "1xh100-80gb")
@@ -391,9 +381,6 @@ def test_a_gpu_whose_mode_changed_is_not_reported_unchanged(tmp_path: Path) -> N
     assert [o.status for o in report.outcomes] == [migkit.Outcome.APPLIED], report.summary()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="instances destroyed before a mode disable are not re-created when the disable fails"
-)
 def test_a_failed_disable_leaves_the_gpu_at_its_previous_layout(tmp_path: Path) -> None:
     """MIG on with one 1g.10gb, disabling fails: the GPU still has its 1g.10gb."""
     state = simulator.write_state(tmp_path / "node.state", "1xh100-80gb")

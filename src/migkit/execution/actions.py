@@ -17,14 +17,17 @@ from migkit.names import ProfileCounts
 from migkit.planning.plan import GpuPlan, plan_node
 
 __all__ = [
+    "CreatedKey",
     "GpuActions",
     "GpuTarget",
     "clear_actions",
     "exact_actions",
+    "foreign_instances",
     "gi_signature",
     "matches",
     "plan_actions",
     "plan_targets",
+    "restore_actions",
 ]
 
 
@@ -136,6 +139,89 @@ def exact_actions(gpu: GpuState, wanted: Sequence[Any]) -> GpuActions:
     return GpuActions(tuple(destroy_cis), tuple(destroy_gis), create_gis, create_cis)
 
 
+CreatedKey = tuple[Any, ...]
+"""What a run may have created on a GPU: ``(GI profile id, GI placement)`` for a GPU
+instance, ``(GI placement, CI profile id, CI placement)`` for a compute instance."""
+
+
+def restore_actions(
+    now: GpuState, before: GpuState | None, created: frozenset[CreatedKey] | None = None
+) -> GpuActions:
+    """The fewest changes that take ``now`` back to ``before``'s instances (None: no instances).
+
+    GPU instances are matched by profile and placement, compute instances inside a matched
+    GPU instance likewise: what ``before`` lacks is destroyed, what it has and ``now`` lacks
+    is created at its placement. Ids are not compared (a re-created instance gets a new one).
+
+    With ``created``, only instances whose key is in it are destroyed: a rollback removes
+    what its run may have made, never something that was there and missing from the first
+    read. :func:`foreign_instances` lists what is left alone.
+    """
+    wanted: dict[tuple[int, Placement], Any] = {}
+    if before is not None and before.mig_enabled:
+        wanted = {(gi.profile_id, gi.placement): gi for gi in before.gpu_instances}
+    destroy_cis: list[tuple[int, int]] = []
+    destroy_gis: list[int] = []
+    create_gis: list[tuple[int, Placement]] = []
+    create_cis: list[tuple[Placement, int, Placement]] = []
+    matched: set[tuple[int, Placement]] = set()
+    occupied: set[Placement] = set()
+    for gi in now.gpu_instances:
+        key = (gi.profile_id, gi.placement)
+        want = wanted.get(key)
+        if want is None or key in matched:
+            if created is None or key in created:
+                destroy_cis.extend((gi.id, ci.id) for ci in gi.compute_instances)
+                destroy_gis.append(gi.id)
+            else:
+                occupied.add(gi.placement)
+            continue
+        matched.add(key)
+        missing = [(ci.profile_id, ci.placement) for ci in want.compute_instances]
+        for ci in gi.compute_instances:
+            if (ci.profile_id, ci.placement) in missing:
+                missing.remove((ci.profile_id, ci.placement))
+            elif created is None or (gi.placement, ci.profile_id, ci.placement) in created:
+                destroy_cis.append((gi.id, ci.id))
+        create_cis.extend((gi.placement, pid, pl) for pid, pl in missing)
+    for key, want in wanted.items():
+        if key in matched or any(_overlap(want.placement, p) for p in occupied):
+            continue
+        create_gis.append(key)
+        create_cis.extend(
+            (want.placement, ci.profile_id, ci.placement) for ci in want.compute_instances
+        )
+    return GpuActions(tuple(destroy_cis), tuple(destroy_gis), tuple(create_gis), tuple(create_cis))
+
+
+def foreign_instances(
+    now: GpuState, before: GpuState, created: frozenset[CreatedKey] | None
+) -> list[str]:
+    """Instances on ``now`` that ``before`` lacks and that the run did not create: a rollback
+    leaves them alone (the first read missed them, or someone else made them)."""
+    if created is None:
+        return []
+    wanted = {(gi.profile_id, gi.placement): gi for gi in before.gpu_instances} if before.mig_enabled else {}
+    found = []
+    for gi in now.gpu_instances:
+        want = wanted.get((gi.profile_id, gi.placement))
+        if want is None:
+            if (gi.profile_id, gi.placement) not in created:
+                found.append(f"GPU instance {gi_text(gi)}")
+            continue
+        had = [(ci.profile_id, ci.placement) for ci in want.compute_instances]
+        for ci in gi.compute_instances:
+            if (ci.profile_id, ci.placement) in had:
+                had.remove((ci.profile_id, ci.placement))
+            elif (gi.placement, ci.profile_id, ci.placement) not in created:
+                found.append(f"compute instance {ci.profile}@{ci.start}:{ci.size} in {gi_text(gi)}")
+    return found
+
+
+def _overlap(a: Placement, b: Placement) -> bool:
+    return a.start < b.start + b.size and b.start < a.start + a.size
+
+
 def clear_actions(gpu: GpuState) -> GpuActions:
     """Destroy every instance of ``gpu``."""
     return GpuActions(
@@ -179,6 +265,9 @@ def matches(
     want = target.desired_mode
     if want is None:
         return True, ""
+    if gpu.unknown:
+        # A fact behind a failed read is unknown; an unknown never matches.
+        return False, "its state is unknown: " + "; ".join(gpu.unknown)
     if gpu.mig_mode != want:
         word = "enabled" if want else "disabled"
         reason = f"MIG mode is {'enabled' if gpu.mig_mode else 'disabled'}, wanted {word}"

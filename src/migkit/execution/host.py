@@ -6,50 +6,104 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 from collections.abc import Iterator, Sequence
 
 from migkit.errors import ApplyError, ResetFailed
 from migkit.models import GpuState
 from migkit.nvml.node import NodeLike
 
-__all__ = ["lock_path", "node_lock", "reset_blockers", "reset_gpus"]
+__all__ = ["DEFAULT_LOCK_DIR", "LOCK_DIR_ENV", "lock_path", "node_lock", "reset_blockers", "reset_gpus"]
+
+
+LOCK_DIR_ENV = "MIGKIT_LOCK_DIR"
+DEFAULT_LOCK_DIR = "/run/migkit"
 
 
 def lock_path(node: NodeLike) -> str:
-    """One lock per node: beside a simulated node's state file, else in /run/lock."""
+    """One lock per node: beside a simulated node's state file (``<state>.apply.lock``), else
+    ``apply.lock`` in a private directory: ``$MIGKIT_LOCK_DIR``, by default ``/run/migkit``
+    (created 0700 by the user running the apply, root on a real node)."""
     if node.state_file:
         return f"{node.state_file}.apply.lock"
-    for directory in ("/run/lock", "/var/lock", "/tmp"):
-        if os.path.isdir(directory) and os.access(directory, os.W_OK):
-            return os.path.join(directory, "migkit-apply.lock")
-    return "migkit-apply.lock"
+    return os.path.join(os.environ.get(LOCK_DIR_ENV) or DEFAULT_LOCK_DIR, "apply.lock")
+
+
+def _private_directory(directory: str) -> None:
+    """Create ``directory`` 0700, or accept it only if it is a real directory owned by this
+    user that nobody else can write to (so that no other user can pre-create or hold the
+    lock in it). ``mkdir`` is atomic, so there is no window between the check and the use."""
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as err:
+        raise ApplyError(
+            f"cannot create the lock directory {directory}: {err.strerror}; nothing was changed "
+            f"(run as root, or set {LOCK_DIR_ENV})"
+        ) from None
+    info = os.lstat(directory)
+    if not stat.S_ISDIR(info.st_mode):
+        raise ApplyError(f"lock directory {directory} is not a directory; nothing was changed")
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise ApplyError(
+            f"lock directory {directory} is owned by uid {info.st_uid} with mode "
+            f"{stat.S_IMODE(info.st_mode):04o}; it must belong to uid {os.geteuid()} and be "
+            "writable by it alone; nothing was changed"
+        )
+
+
+def _open_lock(path: str) -> int:
+    """Open (or create, 0600) the lock file without following a symbolic link, and refuse
+    anything but a plain file with one name: a link planted there would otherwise make the
+    apply truncate its target."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ApplyError(
+                f"refusing the lock file {path}: it is a symbolic link; nothing was changed"
+            ) from None
+        raise ApplyError(f"cannot open the lock file {path}: {err.strerror}; nothing was changed") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        what = "not a regular file" if not stat.S_ISREG(info.st_mode) else "a file with other names (hard links)"
+        raise ApplyError(f"refusing the lock file {path}: it is {what}; nothing was changed")
+    return fd
 
 
 @contextlib.contextmanager
-def node_lock(path: str) -> Iterator[None]:
-    """Exclusive apply lock; a second apply on the node fails at once with a clear message."""
-    with open(path, "a+") as handle:
+def node_lock(path: str, *, private_directory: bool = False) -> Iterator[None]:
+    """Exclusive apply lock; a second apply on the node fails at once with a clear message.
+
+    With ``private_directory`` (the real node's lock), the lock's directory is created 0700
+    or checked to be this user's alone first. The holder's pid is written into the file; the
+    file itself stays (removing it would let a waiting apply lock a file nobody else sees)."""
+    if private_directory:
+        _private_directory(os.path.dirname(path) or ".")
+    fd = _open_lock(path)
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             if err.errno not in (errno.EWOULDBLOCK, errno.EACCES):
                 raise
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
             raise ApplyError(
                 f"another migkit apply is running on this node (lock {path} held by pid {holder}); "
                 f"nothing was changed"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
         try:
             yield
         finally:
-            handle.seek(0)
-            handle.truncate()
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def reset_blockers(proc: str = "/proc") -> list[str]:

@@ -40,6 +40,7 @@ class GpuOutcome:
     detail: str = ""
     error: str | None = None
     state: str = ""  # the GPU's state at the end, in one line
+    mode_changed: bool = False  # its MIG mode was changed (and is still changed) by this run
 
     def line(self) -> str:
         text = f"GPU {self.index}: {self.status}"
@@ -59,16 +60,38 @@ class ApplyReport:
     dry_run: bool = False
     streamed: bool = False  # changes were already printed one line per GPU as they happened
     plan_json: str = ""
+    # Set when a GPU's state could not be read and the run was refused before any change.
+    refused: bool = False
+    # Whether any mutating NVML call was issued (exit 2 needs "nothing was touched").
+    touched: bool = False
+    interrupted: int | None = None  # the signal (SIGINT, SIGTERM) that stopped the run
 
     @property
     def ok(self) -> bool:
-        return self.error is None and all(
-            o.status not in (Outcome.FAILED, Outcome.RESTORED, Outcome.NOT_ATTEMPTED) for o in self.outcomes
+        return (
+            self.error is None
+            and not self.refused
+            and self.interrupted is None
+            and all(
+                o.status not in (Outcome.FAILED, Outcome.RESTORED, Outcome.NOT_ATTEMPTED)
+                for o in self.outcomes
+            )
         )
 
     @property
+    def changed(self) -> int:
+        """GPUs left changed by this run (a MIG mode change alone counts)."""
+        return sum(o.status == Outcome.APPLIED or o.mode_changed for o in self.outcomes)
+
+    @property
     def exit_code(self) -> int:
-        return 0 if self.ok else 1
+        """0 applied; 1 not applied; 2 refused before any change (a GPU could not be read);
+        128 + the signal number when interrupted (130 for SIGINT, 143 for SIGTERM)."""
+        if self.interrupted is not None:
+            return 128 + self.interrupted
+        if self.ok:
+            return 0
+        return 2 if self.refused and not self.touched else 1
 
     def summary(self) -> str:
         lines = [f"warning: {w}" for w in self.warnings]
@@ -80,9 +103,15 @@ class ApplyReport:
             if not self.streamed or o.status not in quiet:
                 lines.append(o.line())
         if self.streamed:
-            changed = sum(o.status == Outcome.APPLIED for o in self.outcomes)
-            unchanged = sum(o.status == Outcome.UNCHANGED for o in self.outcomes)
-            lines.append(f"{changed} GPU(s) changed, {unchanged} unchanged")
+            unchanged = sum(
+                o.status == Outcome.UNCHANGED and not o.mode_changed for o in self.outcomes
+            )
+            lines.append(f"{self.changed} GPU(s) changed, {unchanged} unchanged")
+        if self.interrupted is not None:
+            lines.append(
+                f"interrupted by {_signal_name(self.interrupted)}: no new step was started; "
+                "the GPUs changed part-way were rolled back"
+            )
         if self.error:
             lines.append(f"error: {self.error}")
         lines.append("MIG configuration applied" if self.ok else "MIG configuration NOT applied")
@@ -92,6 +121,10 @@ class ApplyReport:
         return json.dumps(
             {
                 "ok": self.ok,
+                "exit_code": self.exit_code,
+                "changed": self.changed,
+                "interrupted": _signal_name(self.interrupted) if self.interrupted else None,
+                "refused": self.refused,
                 "error": self.error,
                 "warnings": self.warnings,
                 "dry_run": self.dry_run,
@@ -100,6 +133,15 @@ class ApplyReport:
             },
             indent=2,
         )
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 @attrs.frozen
@@ -112,7 +154,11 @@ class AssertResult:
     def summary(self) -> str:
         head = [f"warning: {w}" for w in self.warnings]
         if self.valid_only:
-            tail = ["Selected MIG configuration is valid"]
+            tail = [
+                "Selected MIG configuration is valid"
+                if self.ok
+                else "Validity unknown: a GPU of this node could not be read"
+            ]
         else:
             tail = [
                 "Selected MIG configuration currently applied"

@@ -93,6 +93,12 @@ def effective_specs(
       error (``ConfigError``).
     - An index in ``devices`` that is not on this node is a warning, or an error
       (``ConfigError``) when ``strict_coverage`` is set.
+    - An entry that covers no GPU of this node is a warning (an error with
+      ``strict_coverage``): one that lists indices, all on the node, whose ``device-filter``
+      matches none of them; and one whose ``device-filter`` matches no GPU of the node when
+      no entry of the config covers any GPU here (the whole config would do nothing). An
+      entry filtered to another model beside one that covers this node is normal (NVIDIA's
+      own config has one entry per model) and says nothing.
     """
     warnings: list[str] = []
     results: list[GpuCoverage] = []
@@ -122,11 +128,31 @@ def effective_specs(
             results.append(GpuCoverage(index, "skipped", entry, last, covering))
             continue
         results.append(GpuCoverage(index, "covered", entry, last, covering))
+    covers_any = any(r.status != "not covered" for r in results)
     for k, entry in enumerate(entries):
+        idle = not any(_entry_covers(entry, i, gpu) for i, gpu in enumerate(gpus))
         if entry.devices == "all":
+            if idle and not covers_any and entry.device_filters:
+                _coverage_problem(
+                    warnings,
+                    entry,
+                    f"entry {k}: its device-filter ({_filters_text(entry)}) matches no GPU of "
+                    f"this node ({_ids_text(gpus)}), and no entry covers any GPU here: "
+                    "the config would change nothing",
+                    strict_coverage,
+                )
             continue
         missing = [i for i in entry.devices if i >= len(gpus)]
         if not missing:
+            if idle:
+                listed = ", ".join(str(i) for i in entry.devices)
+                _coverage_problem(
+                    warnings,
+                    entry,
+                    f"entry {k} covers no GPU of this node: its device-filter "
+                    f"({_filters_text(entry)}) matches none of GPU {listed} ({_ids_text(gpus)})",
+                    strict_coverage,
+                )
             continue
         listed = ", ".join(str(i) for i in missing)
         if not gpus:
@@ -141,3 +167,22 @@ def effective_specs(
             raise ConfigError(message, file=entry.file, line=entry.line, column=entry.column)
         warnings.append(message)
     return Coverage(tuple(results), tuple(warnings))
+
+
+def _coverage_problem(
+    warnings: list[str], entry: ConfigEntry, message: str, strict_coverage: bool
+) -> None:
+    if strict_coverage:
+        raise ConfigError(message, file=entry.file, line=entry.line, column=entry.column)
+    warnings.append(message)
+
+
+def _filters_text(entry: ConfigEntry) -> str:
+    return ", ".join(str(f) for f in entry.device_filters)
+
+
+def _ids_text(gpus: Sequence[GpuIds]) -> str:
+    if not gpus:
+        return "it has no GPUs"
+    ids = sorted({f"0x{g.pci_device_id:08X}" for g in gpus})
+    return "its GPUs are " + ", ".join(ids)
