@@ -38,7 +38,7 @@ from hypothesis.stateful import (
 from migkit import simulator
 from migkit.errors import NVML_ERROR_NAMES, NvmlError
 from migkit.models import ARCH_HOPPER, GpuState, Placement
-from migkit.nvml._binding import (
+from migkit.nvml.node import (
     STATUS_NOT_ATTEMPTED,
     STATUS_READ_ONLY,
     ComputeInstanceRef,
@@ -46,8 +46,9 @@ from migkit.nvml._binding import (
     GpuInstanceRef,
     GpuInstanceRequest,
     MigModeRequest,
+    Node,
+    open_node,
 )
-from migkit.nvml.node import Node, open_node
 from strategies import SIM_MODELS
 
 KNOWN_STATUSES = frozenset(NVML_ERROR_NAMES) | {STATUS_READ_ONLY, STATUS_NOT_ATTEMPTED}

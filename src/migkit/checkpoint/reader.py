@@ -6,7 +6,7 @@ import json
 import os
 import stat
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
@@ -101,6 +101,16 @@ def load(text: str, *, file: str | None = None) -> Checkpoint:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number a checkpoint can hold")
+
+
+class _Placed(Protocol):
+    """A saved instance's placement."""
+
+    @property
+    def start(self) -> int: ...
+
+    @property
+    def size(self) -> int: ...
 
 
 class _Reader:
@@ -246,25 +256,24 @@ class _Reader:
                 )
             seen[gpu.uuid] = k
 
-    def no_overlaps(self, gpu: SavedGpu, where: str) -> None:
-        for j, gi in enumerate(gpu.gpu_instances):
+    def _overlap(
+        self, items: Sequence[_Placed], where: str, field: str
+    ) -> None:
+        """Refuse two of ``items`` (instances at ``start:size``) sharing a slice."""
+        for j, item in enumerate(items):
             for other_j in range(j):
-                other = gpu.gpu_instances[other_j]
-                if gi.start < other.start + other.size and other.start < gi.start + gi.size:
+                other = items[other_j]
+                if item.start < other.start + other.size and other.start < item.start + item.size:
                     raise self.error(
-                        f"{where}.gpu_instances[{j}]",
-                        f"placement {gi.start}:{gi.size} overlaps gpu_instances[{other_j}] "
+                        f"{where}.{field}[{j}]",
+                        f"placement {item.start}:{item.size} overlaps {field}[{other_j}] "
                         f"at {other.start}:{other.size}",
                     )
-            for i, ci in enumerate(gi.compute_instances):
-                for other_i in range(i):
-                    prior = gi.compute_instances[other_i]
-                    if ci.start < prior.start + prior.size and prior.start < ci.start + ci.size:
-                        raise self.error(
-                            f"{where}.gpu_instances[{j}].compute_instances[{i}]",
-                            f"placement {ci.start}:{ci.size} overlaps compute_instances"
-                            f"[{other_i}] at {prior.start}:{prior.size}",
-                        )
+
+    def no_overlaps(self, gpu: SavedGpu, where: str) -> None:
+        self._overlap(gpu.gpu_instances, where, "gpu_instances")
+        for j, gi in enumerate(gpu.gpu_instances):
+            self._overlap(gi.compute_instances, f"{where}.gpu_instances[{j}]", "compute_instances")
 
     def against_tables(
         self, gpu: SavedGpu, where: str, profiles: Sequence[Profile], *, upstream: bool = False
@@ -388,15 +397,7 @@ class _Reader:
         return checkpoint
 
     def no_overlaps_upstream(self, gpu: SavedGpu, where: str) -> None:
-        for j, gi in enumerate(gpu.gpu_instances):
-            for other_j in range(j):
-                other = gpu.gpu_instances[other_j]
-                if gi.start < other.start + other.size and other.start < gi.start + gi.size:
-                    raise self.error(
-                        f"{where}.GpuInstances[{j}]",
-                        f"placement {gi.start}:{gi.size} overlaps GpuInstances[{other_j}] "
-                        f"at {other.start}:{other.size}",
-                    )
+        self._overlap(gpu.gpu_instances, where, "GpuInstances")
 
     def resolve_upstream(
         self, gpu: SavedGpu, k: int, profiles: Sequence[Profile], index: int

@@ -34,7 +34,7 @@ from migkit.execution.interrupts import StopFlag, deferred_interrupts
 from migkit.execution.report import ApplyReport, AssertResult, GpuOutcome, describe_gpu
 from migkit.execution.transaction import StepFailed, execute_gpu, restore_gpu
 from migkit.models import MIG_DISABLED, MIG_ENABLED, GpuState, Outcome
-from migkit.nvml.node import NodeLike
+from migkit.nvml.node import MigModeRequest, NodeLike
 from migkit.planning.plan import GpuPlan, plan_node
 
 if TYPE_CHECKING:
@@ -173,7 +173,6 @@ def _change_mode(run: _Run, t: GpuTarget) -> GpuOutcome:
 
     A failure, or a stop request between the two steps, brings the GPU back to its state
     before the run: cleared instances are re-created, a changed mode is set back."""
-    from migkit.nvml._binding import MigModeRequest
 
     node, gpu = run.node, t.gpu
     if run.stop():

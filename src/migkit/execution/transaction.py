@@ -21,7 +21,14 @@ from migkit.errors import MigkitError, NvmlError
 from migkit.execution.actions import CreatedKey, GpuActions, foreign_instances, restore_actions
 from migkit.execution.report import gi_text
 from migkit.models import GpuInstance, GpuState, Placement
-from migkit.nvml.node import NodeLike
+from migkit.nvml.node import (
+    ComputeInstanceRef,
+    ComputeInstanceRequest,
+    GpuInstanceRef,
+    GpuInstanceRequest,
+    MigModeRequest,
+    NodeLike,
+)
 
 __all__ = [
     "Journal",
@@ -109,12 +116,6 @@ def execute_gpu(
 def _execute(
     node: NodeLike, gpu: GpuState, actions: GpuActions, journal: Journal, stop: StopRequested
 ) -> Journal:
-    from migkit.nvml._binding import (
-        ComputeInstanceRef,
-        ComputeInstanceRequest,
-        GpuInstanceRef,
-        GpuInstanceRequest,
-    )
 
     def checkpoint(step: str) -> None:
         if stop():
@@ -265,7 +266,6 @@ def restore_gpu(
     only if the run may have made it: anything else is left alone and reported, since
     ``before`` itself may have missed it. Returns ``ok`` only when a fresh read shows the GPU
     as it was."""
-    from migkit.nvml._binding import MigModeRequest
 
     problems: list[str] = []
     want = layout_key(before)
@@ -308,12 +308,6 @@ def _apply_best_effort(
     node: NodeLike, gpu: GpuState, actions: GpuActions, problems: list[str]
 ) -> None:
     """The four bulk calls without stopping at a failure (each failure noted)."""
-    from migkit.nvml._binding import (
-        ComputeInstanceRef,
-        ComputeInstanceRequest,
-        GpuInstanceRef,
-        GpuInstanceRequest,
-    )
 
     g = gpu.index
     if actions.destroy_cis:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import json
 from importlib import resources
-from typing import Any
+from typing import Any, TypedDict
 
 import attrs
 
@@ -42,6 +42,25 @@ _CI_RULES: dict[int, tuple[tuple[int, int, int, tuple[int, ...]], ...]] = {
 _CI_REV1 = 7  # CI 1_SLICE_REV1: the full-SM CI of a 1g GI with twice the memory (Hopper+)
 
 
+class _Engines(TypedDict):
+    copy_engines: int
+    decoders: int
+    encoders: int
+    jpegs: int
+    ofas: int
+
+
+def _engines(profile: Profile) -> _Engines:
+    """A GPU instance's copy and media engines, which each of its compute instances shares."""
+    return {
+        "copy_engines": profile.copy_engines,
+        "decoders": profile.decoders,
+        "encoders": profile.encoders,
+        "jpegs": profile.jpegs,
+        "ofas": profile.ofas,
+    }
+
+
 def compute_profiles_for(profile: Profile, architecture: int, base_1g_sms: int) -> tuple[ComputeProfile, ...]:
     """The compute-instance profiles of GIs of ``profile``, the GI-covering one first."""
     g = profile.slice_count
@@ -61,11 +80,7 @@ def compute_profiles_for(profile: Profile, architecture: int, base_1g_sms: int) 
                 multiprocessors=profile.multiprocessors * c // g,
                 placements=tuple(Placement(s, c) for s in starts),
                 nvml_name=f"MIG {name}",
-                copy_engines=profile.copy_engines,
-                decoders=profile.decoders,
-                encoders=profile.encoders,
-                jpegs=profile.jpegs,
-                ofas=profile.ofas,
+                **_engines(profile),
                 mark="observed" if (full and observed_full) or g in (1, 2) else "inferred",
             )
         )
@@ -81,11 +96,7 @@ def compute_profiles_for(profile: Profile, architecture: int, base_1g_sms: int) 
             multiprocessors=profile.multiprocessors,
             placements=(Placement(0, 1),),
             nvml_name=f"MIG {profile.name}",
-            copy_engines=profile.copy_engines,
-            decoders=profile.decoders,
-            encoders=profile.encoders,
-            jpegs=profile.jpegs,
-            ofas=profile.ofas,
+            **_engines(profile),
         )
         plain = out[0]
         out = [rev1, ComputeProfile(**{**_fields(plain), "multiprocessors": base_1g_sms})]

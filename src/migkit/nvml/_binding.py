@@ -6,7 +6,8 @@ call into C (which releases the GIL around the NVML work).
 
 - :mod:`migkit.nvml._library`: the compiled module, loading libnvidia-ml, return codes;
 - :mod:`migkit.nvml._decode` and :mod:`migkit.nvml._snapshot`: the snapshot and its decoding;
-- :mod:`migkit.nvml._bulk`: the bulk changes, their requests and results.
+- :mod:`migkit.nvml._bulk`: the bulk changes (their request and result types are named by
+  :mod:`migkit.nvml.node`).
 
 This module is the one name the layers above import them by.
 """
@@ -14,15 +15,6 @@ This module is the one name the layers above import them by.
 from __future__ import annotations
 
 from migkit.nvml._bulk import (
-    ComputeInstanceRef,
-    ComputeInstanceRequest,
-    ComputeInstanceResult,
-    DestroyResult,
-    GpuInstanceRef,
-    GpuInstanceRequest,
-    GpuInstanceResult,
-    MigModeRequest,
-    MigModeResult,
     create_compute_instances,
     create_gpu_instances,
     destroy_compute_instances,
@@ -59,15 +51,6 @@ __all__ = [
     "STATUS_NOT_ATTEMPTED",
     "STATUS_READ_ONLY",
     "BundledModel",
-    "ComputeInstanceRef",
-    "ComputeInstanceRequest",
-    "ComputeInstanceResult",
-    "DestroyResult",
-    "GpuInstanceRef",
-    "GpuInstanceRequest",
-    "GpuInstanceResult",
-    "MigModeRequest",
-    "MigModeResult",
     "Snapshotter",
     "candidate_paths",
     "create_compute_instances",

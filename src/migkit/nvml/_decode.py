@@ -88,6 +88,8 @@ DEVICE = _layout(
         ("unknown_count", "I"),
     ],
 )
+# The media and copy engine counts, in the order every shim struct that has them lists them.
+_ENGINES = [("copy_engines", "I"), ("decoders", "I"), ("encoders", "I"), ("jpegs", "I"), ("ofas", "I")]
 _GI_PROFILE = _layout(
     "shim_gi_profile_t",
     [
@@ -98,11 +100,7 @@ _GI_PROFILE = _layout(
         ("slice_count", "I"),
         ("instance_count", "I"),
         ("multiprocessors", "I"),
-        ("copy_engines", "I"),
-        ("decoders", "I"),
-        ("encoders", "I"),
-        ("jpegs", "I"),
-        ("ofas", "I"),
+        *_ENGINES,
         ("capabilities", "I"),
         ("placement_count", "I"),
         ("memory_mib", "Q"),
@@ -119,11 +117,7 @@ _CI_PROFILE = _layout(
         ("slice_count", "I"),
         ("instance_count", "I"),
         ("multiprocessors", "I"),
-        ("copy_engines", "I"),
-        ("decoders", "I"),
-        ("encoders", "I"),
-        ("jpegs", "I"),
-        ("ofas", "I"),
+        *_ENGINES,
         ("placement_count", "I"),
         ("placements", f"{2 * lib.SHIM_MAX_CI_PLACEMENTS}I"),
         ("name", "96s"),
@@ -150,11 +144,7 @@ _CI = _layout(
         ("size", "I"),
         ("has_mig_device", "I"),
         ("multiprocessors", "I"),
-        ("copy_engines", "I"),
-        ("decoders", "I"),
-        ("encoders", "I"),
-        ("jpegs", "I"),
-        ("ofas", "I"),
+        *_ENGINES,
         ("gi_slice_count", "I"),
         ("ci_slice_count", "I"),
         ("memory_mib", "Q"),

@@ -24,9 +24,8 @@ from typing import Protocol
 from migkit.errors import MigkitError, ResetFailed
 from migkit.models import GpuState
 from migkit.nvml import _binding as _nvml
-from migkit.nvml._binding import (
-    STATUS_NOT_ATTEMPTED,
-    STATUS_READ_ONLY,
+from migkit.nvml._binding import STATUS_NOT_ATTEMPTED, STATUS_READ_ONLY
+from migkit.nvml._bulk import (
     ComputeInstanceRef,
     ComputeInstanceRequest,
     ComputeInstanceResult,

@@ -492,7 +492,7 @@ def _placement_json(start: int, size: int) -> dict[str, int]:
     return {"start": start, "size": size}
 
 
-def _ci_json(ci: PlacedCompute) -> dict[str, Any]:
+def _ci_json(ci: PlacedCompute | PlacedInstance) -> dict[str, Any]:
     return {
         "profile": ci.profile,
         "profile_id": ci.profile_id,
@@ -504,11 +504,7 @@ def _ci_json(ci: PlacedCompute) -> dict[str, Any]:
 
 def _gi_json(gi: PlacedInstance) -> dict[str, Any]:
     return {
-        "profile": gi.profile,
-        "profile_id": gi.profile_id,
-        "placement": _placement_json(gi.start, gi.size),
-        "kept": gi.kept,
-        "id": gi.existing_id,
+        **_ci_json(gi),
         "compute_instances": [_ci_json(ci) for ci in gi.compute_instances],
     }
 
