@@ -31,6 +31,8 @@ BENCHMARKS = {
     "config": ("bench_config.py", [], ["--repeat", "1"]),
     # skips itself, with a line saying why, where nvidia-mig-parted or root is missing
     "peer": ("bench_peer.py", [], ["--steps", "2", "--repeat", "1"]),
+    # needs a control plane (KUBEBUILDER_ASSETS); without one it records why and is skipped
+    "fleet": ("bench_fleet.py", [], ["--nodes", "10,50"]),
 }
 
 
@@ -172,6 +174,31 @@ def peer_rows() -> list[tuple[str, str, str, str]]:
     ]
 
 
+def fleet_rows() -> list[tuple[str, str, str, str]]:
+    """The fleet benchmark's rows: the largest N run, and how time, requests and memory grow."""
+    path = RESULTS / "fleet.json"
+    if not path.exists():
+        return [("fleet: rollout across simulated nodes", "not run", "-", "-")]
+    data = load("fleet")
+    if "skipped" in data:
+        return [("fleet: rollout across simulated nodes", f"skipped: {data['skipped']}", "-", "-")]
+    runs: list[dict[str, Any]] = data["rows"]  # type: ignore[assignment]
+    if not runs:
+        return []
+    big, small = runs[-1], runs[0]
+    n, n0 = big["nodes"], small["nodes"]
+    return [
+        (f"fleet: rollout to all success, {n} nodes ({big['waves']} waves)",
+         f"{big['rollout_s']:.1f} s, {big['success']}/{n} success", ">= 200 nodes", "yes" if n >= 200 and
+         big["success"] == n else "NO"),
+        (f"fleet: API requests per node per reconfiguration, N={n0} -> {n}",
+         f"{small['api_requests_per_node']:.1f} -> {big['api_requests_per_node']:.1f}", "flat in N", "-"),
+        (f"fleet: agent memory per node (threads), N={n0} -> {n}",
+         f"{small['agent_rss_per_node_kib'] / 1024:.1f} -> {big['agent_rss_per_node_kib'] / 1024:.1f} MiB", "-",
+         "-"),
+    ]
+
+
 def render(table: list[tuple[str, str, str, str]]) -> str:
     head = ("benchmark", "measured", "goal", "met")
     widths = [max(len(r[i]) for r in [head, *table]) for i in range(4)]
@@ -192,11 +219,11 @@ def main() -> None:
             "python": platform.python_version(),
             "machine": platform.machine(),
             "benchmark_seconds": durations,
-            "rows": rows(),
+            "rows": rows() + fleet_rows(),
         }
         (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print()
-    print(render(rows()))
+    print(render(rows() + fleet_rows()))
 
 
 if __name__ == "__main__":

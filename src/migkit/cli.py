@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     sub.add_parser("agent", help="Kubernetes node agent (needs migkit[k8s]); see migkit agent --help", add_help=False)
+    sub.add_parser("rollout", help="change the MIG config of many nodes in waves (needs migkit[k8s])", add_help=False)
+    sub.add_parser("cluster", help="cluster status: every MIG node (needs migkit[k8s])", add_help=False)
     p = command("apply", "make the selected config true, changing only what differs", cmd_apply)
     config_args(p)
     p.add_argument("-k", "--hooks-file", help="hooks file (env MIG_PARTED_HOOKS_FILE)")
@@ -323,6 +325,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from migkit.agent import main as agent_main
 
         return agent_main(args_list[1:])
+    if args_list[:1] in (["rollout"], ["cluster"]):
+        # Fleet commands talk to the API server; they live in the same extra (migkit/fleet/).
+        from migkit.fleet import main as fleet_main
+
+        return fleet_main(args_list[0], args_list[1:])
     parser = build_parser()
     args_list, explicit = _upstream_forms(parser, args_list)
     args = parser.parse_args(args_list)

@@ -245,3 +245,24 @@ def test_signal_during_restore_keeps_the_lock_and_rolls_back(
         for _ in range(2)
     ]
     assert "interrupted" in outcomes
+
+
+def test_a_callers_own_handler_hears_the_signal_after_the_apply() -> None:
+    """A service's own SIGTERM handler is not run mid-apply, and is called once the apply has
+    stopped; Python's default SIGINT handler is not re-raised afterwards."""
+    from migkit.execution.interrupts import deferred_interrupts
+
+    heard: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: heard.append(signum))
+    try:
+        with deferred_interrupts() as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
+            deadline = time.monotonic() + 5
+            while not (stop() and len(stop.received) == 2) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert stop() and stop.signum == signal.SIGTERM
+            assert heard == []
+        assert heard == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)

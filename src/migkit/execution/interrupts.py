@@ -9,6 +9,8 @@ signal only repeats the message: it does not skip the rollback.
 
 Handlers can only be installed from the main thread; a run started from another thread
 keeps the process's handlers, and its :class:`StopFlag` is set only by :meth:`StopFlag.request`.
+A handler the caller had installed (a service that stops after its current step) is called
+with each signal received once the block ends, so the caller learns of it too.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ class StopFlag:
     def __init__(self) -> None:
         self._event = threading.Event()
         self.signum: int | None = None
+        self.received: set[int] = set()
 
     def request(self, signum: int) -> None:
         if self.signum is None:
             self.signum = signum
+        self.received.add(signum)
         self._event.set()
 
     def __call__(self) -> bool:
@@ -77,3 +81,10 @@ def deferred_interrupts() -> Iterator[StopFlag]:
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
+        # A handler the caller installed itself (a service's "stop after this step") is told
+        # once the apply has stopped; Python's default ones (KeyboardInterrupt, termination)
+        # are not, as the run's report and exit code already say what happened.
+        for signum in sorted(flag.received):
+            old = previous.get(signum)
+            if callable(old) and old is not signal.default_int_handler:
+                old(signum, None)

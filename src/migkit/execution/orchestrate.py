@@ -196,7 +196,6 @@ def _change_mode(run: _Run, t: GpuTarget) -> GpuOutcome:
 
     A failure, or a stop request between the two steps, brings the GPU back to its state
     before the run: cleared instances are re-created, a changed mode is set back."""
-
     node, gpu = run.node, t.gpu
     if run.stop():
         return GpuOutcome(gpu.index, gpu.name, NOT_ATTEMPTED, "interrupted before it started")

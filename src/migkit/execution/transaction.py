@@ -116,7 +116,6 @@ def execute_gpu(
 def _execute(
     node: NodeLike, gpu: GpuState, actions: GpuActions, journal: Journal, stop: StopRequested
 ) -> Journal:
-
     def checkpoint(step: str) -> None:
         if stop():
             raise StepFailed(None, f"interrupted before {step}", interrupted=True)
@@ -266,7 +265,6 @@ def restore_gpu(
     only if the run may have made it: anything else is left alone and reported, since
     ``before`` itself may have missed it. Returns ``ok`` only when a fresh read shows the GPU
     as it was."""
-
     problems: list[str] = []
     want = layout_key(before)
     for _ in range(attempts):
@@ -308,7 +306,6 @@ def _apply_best_effort(
     node: NodeLike, gpu: GpuState, actions: GpuActions, problems: list[str]
 ) -> None:
     """The four bulk calls without stopping at a failure (each failure noted)."""
-
     g = gpu.index
     if actions.destroy_cis:
         _note(
