@@ -450,3 +450,15 @@ def test_debug_logging_ends_with_the_command(tmp_path: Path, config_file: str) -
     state = node(tmp_path, "1xh100-80gb")
     assert _debug_lines(cli("--sim-state", state, "-d", "apply", "-f", config_file, "-c", "all-balanced")[2])
     assert not _debug_lines(cli("--sim-state", state, "apply", "-f", config_file, "-c", "all-1g.10gb")[2])
+
+
+def test_the_report_summary_for_logs_merges_and_has_no_table(tmp_path: Path, config_file: str) -> None:
+    """``ApplyReport.summary()`` (what the agent puts in an event) stays short: the same failure
+    on four GPUs is one line, with no table, then the verdict."""
+    state = node(tmp_path)
+    assert cli("--sim-state", state, "apply", "-f", config_file, "-c", "all-balanced")[0] == 0
+    with _env("MIGKIT_SIM_FAULTS", ALL_SET_MODE_FAIL), migkit.open_node(sim_state=state) as n:
+        report = apply(n, load_config(config_file), "all-disabled", progress=io.StringIO())
+    lines = report.summary().splitlines()
+    assert lines[0].startswith("GPU 0, 1, 2, 3: restored - failed setting the MIG mode")
+    assert lines[1:] == ["0 GPU(s) changed, 0 unchanged", "MIG configuration NOT applied"]

@@ -8,7 +8,9 @@ into one line that lists the GPUs. :class:`Progress` shows each GPU's steps as t
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
 import threading
 from collections.abc import Iterable, Sequence
@@ -216,12 +218,28 @@ class ApplyReport:
         return "\n".join(lines)
 
     def summary(self) -> str:
-        """The whole text report in one string: warnings, results, errors, verdict."""
-        problems = self.problems_text().split("\n") if self.problems_text() else []
-        warnings = [line for line in problems if line.startswith("warning: ")]
-        rest = problems[len(warnings) :]
-        results = self.results_text()
-        return "\n".join([*warnings, *([results] if results else []), *rest])
+        """The report in a few lines, for a log or an event: warnings, the GPUs that did not
+        end as wanted (identical lines merged), the count of changes, errors and the verdict.
+        The dry-run plan comes whole."""
+        lines = [f"warning: {w}" for w in self.warnings]
+        if self.dry_run:
+            return "\n".join([*lines, self.plan_text])
+        quiet = (Outcome.APPLIED, Outcome.UNCHANGED, Outcome.NOT_COVERED, Outcome.SKIPPED)
+        lines.extend(merge_by_gpu((o.index, o.text()) for o in self.outcomes if o.status not in quiet))
+        results = self.results_text().split("\n")
+        lines.extend(line for line in results if line.endswith(" unchanged"))
+        if self.interrupted is not None:
+            lines.append(
+                f"interrupted by {_signal_name(self.interrupted)}: no new step was started; "
+                "the GPUs changed part-way were rolled back"
+            )
+        if self.error:
+            lines.append(f"error: {self.error}")
+        if self.ok:
+            lines.append(RESTORED_PHRASE if self.restore else APPLIED_PHRASE)
+        else:
+            lines.append(NOT_RESTORED_PHRASE if self.restore else NOT_APPLIED_PHRASE)
+        return "\n".join(lines)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -380,8 +398,19 @@ class Progress:
             self._write(self._out, _UP.format(n=self._drawn) + _CLEAR_BELOW)
             self._drawn = 0
 
+    def _width(self) -> int:
+        """Columns of the terminal: a live line longer than that would wrap, and the cursor
+        would no longer go back up to the block's first line."""
+        try:
+            return os.get_terminal_size(self._out.fileno()).columns or 80
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            return 80
+
     def _redraw(self) -> None:
-        text = "".join(f"\x1b[2KGPU {i}: {row}\n" for i, row in sorted(self._rows.items()))
+        width = max(self._width() - 1, 20)
+        text = "".join(
+            f"\x1b[2K{f'GPU {i}: {_compact(row)}'[:width]}\n" for i, row in sorted(self._rows.items())
+        )
         up = _UP.format(n=self._drawn) if self._drawn else ""
         self._write(self._out, up + text)
         self._drawn = len(self._rows)
