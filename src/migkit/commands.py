@@ -225,7 +225,7 @@ def cmd_assert(args: argparse.Namespace) -> int:
             if args.output != "json":
                 _write("Selected MIG configuration is valid")
             return EXIT_OK
-    with open_node_from_args(args) as node:
+    with _debug_logging(args), open_node_from_args(args) as node:
         result = assert_config(
             node,
             config,

@@ -715,7 +715,7 @@ def assert_config(
     valid_only: bool = False,
 ) -> AssertResult:
     """Whether the node already matches; with ``valid_only``, whether the config can be applied here."""
-    gpus = node.snapshot()
+    gpus = traced(node).snapshot()
     try:
         targets, warnings = plan_targets(config, name, gpus, strict_coverage=strict_coverage)
     except MigkitError:
@@ -725,6 +725,7 @@ def assert_config(
             f"GPU {g.index}: its state is unknown: {'; '.join(g.unknown)}" for g in gpus if g.unknown
         )
         return AssertResult(False, unknown, warnings, valid_only=valid_only)
+    log_decisions(targets, mode_only=mode_only)
     if valid_only:
         unknown = tuple(
             f"GPU {t.gpu.index}: its state is unknown: {'; '.join(t.gpu.unknown)}"
