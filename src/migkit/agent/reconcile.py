@@ -179,7 +179,7 @@ class Reconciler:
             self.observer.finished(outcome.state, outcome.seconds, outcome.step, selected)
         return outcome
 
-    # The §5.4 sequence, in order.
+    # The MIG Manager's reconfigure sequence, in its order.
     def _sequence(
         self, selected: str, config: Any, config_error: str | None, handled_retry: Mapping[str, str] | None
     ) -> Outcome:

@@ -107,7 +107,7 @@ def node_lock(path: str, *, private_directory: bool = False) -> Iterator[None]:
 
 
 def reset_blockers(proc: str = "/proc") -> list[str]:
-    """Known reasons a GPU reset fails on a real node (mig-parted-facts P19), found up front.
+    """Known reasons a GPU reset fails on a real node (nvidia-smi -r answers "in use"), found up front.
 
     The ``nvidia_drm`` module and ``nvidia-persistenced`` keep the GPUs open, so
     ``nvidia-smi -r`` fails with "in use". Returns one sentence per blocker found.
