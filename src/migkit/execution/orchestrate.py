@@ -31,7 +31,15 @@ from migkit.execution.actions import (
 )
 from migkit.execution.host import lock_path, node_lock, reset_blockers, reset_gpus
 from migkit.execution.interrupts import StopFlag, deferred_interrupts
-from migkit.execution.report import ApplyReport, AssertResult, GpuOutcome, describe_gpu
+from migkit.execution.report import (
+    ApplyReport,
+    AssertResult,
+    GpuOutcome,
+    Progress,
+    describe_gpu,
+    gpu_list,
+)
+from migkit.execution.trace import log_decisions, phase, traced
 from migkit.execution.transaction import StepFailed, execute_gpu, restore_gpu
 from migkit.models import MIG_DISABLED, MIG_ENABLED, GpuState, Outcome
 from migkit.nvml.node import MigModeRequest, NodeLike
@@ -51,10 +59,25 @@ NOT_ATTEMPTED = Outcome.NOT_ATTEMPTED
 PENDING = Outcome.PENDING
 
 
-def _emit(progress: TextIO | None, text: str) -> None:
-    if progress is not None:
-        progress.write(text + "\n")
-        progress.flush()
+def _step(run: _Run, outcome: GpuOutcome, text: str) -> None:
+    if run.progress is not None:
+        run.progress.step(outcome.index, text)
+
+
+def _headline(
+    verb: str, what: str, targets: Sequence[GpuTarget], *, mode_only: bool
+) -> tuple[str, list[int]]:
+    """``Applying config all-balanced to 8 GPUs: 6 change, 2 already match`` and the GPUs
+    that change."""
+    covered = [t for t in targets if t.desired_mode is not None]
+    changing = [t.gpu.index for t in covered if not matches(t, mode_only=mode_only)[0]]
+    parts = [f"{len(changing)} change", f"{len(covered) - len(changing)} already match"]
+    left = len(targets) - len(covered)
+    if left:
+        parts.append(f"{left} left alone")
+    scope = "the MIG mode of " if mode_only else ""
+    count = f"{len(targets)} GPU" + ("" if len(targets) == 1 else "s")
+    return f"{verb} {scope}{what} to {count}: " + ", ".join(parts), changing
 
 
 @attrs.define
@@ -65,7 +88,7 @@ class _Run:
     node: NodeLike
     stop: StopFlag
     report: ApplyReport
-    progress: TextIO | None
+    progress: Progress | None
     parallel: bool
     skip_reset: bool
     before: dict[int, GpuState] = attrs.Factory(dict)
@@ -215,7 +238,8 @@ def _mode_phase(run: _Run, targets: Sequence[GpuTarget]) -> dict[int, GpuOutcome
     finished = {o.index: o for o in outcomes if o.status not in (APPLIED, PENDING)}
     pending = [t.gpu for t, o in zip(changing, outcomes, strict=True) if o.status == PENDING]
     if pending and not run.skip_reset and not run.stop():
-        _emit(run.progress, "resetting " + ", ".join(f"GPU {g.index}" for g in pending))
+        if run.progress is not None:
+            run.progress.note("resetting " + gpu_list(g.index for g in pending))
         run.touch()
         try:
             reset_gpus(run.node, pending)
@@ -273,9 +297,10 @@ def _run_parallel(
         with lock:
             outcomes[t.gpu.index] = outcome
             if mode_phase and outcome.status in (APPLIED, PENDING):
-                _emit(run.progress, f"GPU {outcome.index}: {outcome.detail}")
+                _step(run, outcome, outcome.detail)
             elif outcome.status != UNCHANGED:
-                _emit(run.progress, outcome.line())
+                # The error itself comes once at the end, merged with the other GPUs'.
+                _step(run, outcome, outcome.text(error=False))
 
     if run.parallel and len(targets) > 1:
         threads = [
@@ -422,7 +447,8 @@ def _converge(
     finished: dict[int, GpuOutcome] = {}
     if not all(t.mode_matches for t in targets):
         runner.run("pre-apply-mode")
-        finished = _mode_phase(run, targets)
+        with phase("mode change"):
+            finished = _mode_phase(run, targets)
         try:
             targets = _replan_after_change(node, replan)
         except MigkitError as err:
@@ -477,7 +503,9 @@ def _converge(
         todo = [t for t in active if t.desired_mode is not None and not matches(t)[0]]
         if todo and not run.stop():
             runner.run("pre-apply-config")
-        results = {o.index: o for o in _run_parallel(lambda t: _apply_gpu(run, t), todo, run)}
+        with phase("instance changes"):
+            changed = _run_parallel(lambda t: _apply_gpu(run, t), todo, run)
+        results = {o.index: o for o in changed}
         outcomes = [
             results.get(t.gpu.index)
             or GpuOutcome(
@@ -492,14 +520,15 @@ def _converge(
             if t.gpu.index in run.mode_changed and o.status == UNCHANGED and not matches(t)[0]:
                 outcomes[i] = run.roll_back(t.gpu, "interrupted after its MIG mode was changed")
     _finish_mode_changed(run, active, outcomes)
-    try:
-        after = _fresh_snapshot(node)
-    except MigkitError as err:
-        for o, t in zip(outcomes, active, strict=True):
-            if t.desired_mode is not None and o.status in (APPLIED, UNCHANGED):
-                o.status, o.error = FAILED, f"could not read it back: {err}"
-    else:
-        verify(active, after, outcomes, mode_only=mode_only)
+    with phase("verification"):
+        try:
+            after = _fresh_snapshot(node)
+        except MigkitError as err:
+            for o, t in zip(outcomes, active, strict=True):
+                if t.desired_mode is not None and o.status in (APPLIED, UNCHANGED):
+                    o.status, o.error = FAILED, f"could not read it back: {err}"
+        else:
+            verify(active, after, outcomes, mode_only=mode_only)
     done = {o.index: o for o in outcomes}
     done.update(finished)
     report.outcomes.extend(done[t.gpu.index] for t in targets)
@@ -515,7 +544,7 @@ def _orchestrate(
     skip_reset: bool,
     parallel: bool,
     report: ApplyReport,
-    progress: TextIO | None,
+    progress: Progress | None,
 ) -> ApplyReport:
     from migkit.hooks import HookError
 
@@ -526,7 +555,8 @@ def _orchestrate(
     ):
         run = _Run(node, stop, report, progress, parallel, skip_reset)
         try:
-            _locked(run, replan, runner, mode_only=mode_only)
+            with phase("total, under the node lock"):
+                _locked(run, replan, runner, mode_only=mode_only)
         except HookError as err:
             report.error = str(err)
         finally:
@@ -546,16 +576,18 @@ def _locked(
     report = run.report
     # Plan again now that this apply holds the node: another one may have finished
     # between the first look and taking the lock.
-    try:
-        gpus = _read_before_change(run.node)
-    except _Unreadable as err:
-        _refused_report(report, str(err))
-        return
-    targets = replan(gpus)
+    with phase("read and plan"):
+        try:
+            gpus = _read_before_change(run.node)
+        except _Unreadable as err:
+            _refused_report(report, str(err))
+            return
+        targets = replan(gpus)
     unreadable = _unreadable(targets)
     if unreadable:
         _refuse_unreadable(report, targets, unreadable)
         return
+    log_decisions(targets, mode_only=mode_only)
     run.before = {g.index: g for g in gpus}
     if run.stop():
         return
@@ -586,7 +618,7 @@ def apply(
     skip_reset: bool = False,
     hooks_file: str | None = None,
     strict_coverage: bool = False,
-    progress: TextIO | None = None,
+    progress: Progress | TextIO | None = None,
     debug: bool = False,
     inherit_env: bool = False,
     parallel: bool = True,
@@ -598,13 +630,16 @@ def apply(
     (nothing changed) for a config that cannot be applied here, and
     :class:`~migkit.errors.ApplyError` when another apply holds the node; failures while
     changing GPUs are in the returned report (``report.ok``, ``report.exit_code``). With
-    ``dry_run`` nothing is changed and the report carries the plan. ``progress`` receives a
-    line per GPU as each finishes. ``config_file`` is the path hooks see as
+    ``dry_run`` nothing is changed and the report carries the plan. ``progress`` (a
+    :class:`~migkit.execution.report.Progress`, or a stream for plain lines) receives a first
+    line saying what will happen, then each GPU step as it finishes. ``config_file`` is the path hooks see as
     ``MIG_PARTED_CONFIG_FILE`` (default: the file ``config`` was loaded from).
     """
     from migkit.hooks import apply_flag_env
 
-    report = ApplyReport(streamed=progress is not None)
+    shown = Progress.of(progress)
+    node = traced(node)
+    report = ApplyReport(streamed=shown is not None)
     if dry_run:
         gpus = node.snapshot()
     else:
@@ -652,6 +687,11 @@ def apply(
     def replan(now: Sequence[GpuState]) -> Sequence[GpuTarget]:
         return plan_targets(config, name, now, strict_coverage=strict_coverage)[0]
 
+    if shown is not None:
+        from migkit.config import select
+
+        chosen = name if name is not None else select(config, None).name
+        shown.begin(*_headline("Applying", f"config {chosen}", targets, mode_only=mode_only))
     return _orchestrate(
         node,
         targets,
@@ -661,7 +701,7 @@ def apply(
         skip_reset=skip_reset,
         parallel=parallel,
         report=report,
-        progress=progress,
+        progress=shown,
     )
 
 
@@ -675,7 +715,7 @@ def assert_config(
     valid_only: bool = False,
 ) -> AssertResult:
     """Whether the node already matches; with ``valid_only``, whether the config can be applied here."""
-    gpus = node.snapshot()
+    gpus = traced(node).snapshot()
     try:
         targets, warnings = plan_targets(config, name, gpus, strict_coverage=strict_coverage)
     except MigkitError:
@@ -685,6 +725,7 @@ def assert_config(
             f"GPU {g.index}: its state is unknown: {'; '.join(g.unknown)}" for g in gpus if g.unknown
         )
         return AssertResult(False, unknown, warnings, valid_only=valid_only)
+    log_decisions(targets, mode_only=mode_only)
     if valid_only:
         unknown = tuple(
             f"GPU {t.gpu.index}: its state is unknown: {'; '.join(t.gpu.unknown)}"
@@ -719,17 +760,21 @@ def restore(
     skip_reset: bool = False,
     hooks_file: str | None = None,
     checkpoint_file: str | None = None,
-    progress: TextIO | None = None,
+    progress: Progress | TextIO | None = None,
     debug: bool = False,
     parallel: bool = True,
 ) -> ApplyReport:
     """Make the node match a checkpoint exactly (placements included); GPUs not in it are untouched."""
     from migkit.hooks import restore_flag_env
 
+    shown = Progress.of(progress)
+    node = traced(node)
     try:
         gpus = _read_before_change(node)
     except _Unreadable as err:
-        return _refused_report(ApplyReport(streamed=progress is not None), str(err))
+        return _refused_report(
+            ApplyReport(streamed=shown is not None, restore=True), str(err)
+        )
 
     def targets_for(now: Sequence[GpuState]) -> Sequence[GpuTarget]:
         by_uuid = {g.uuid: g for g in saved.gpus}
@@ -756,7 +801,7 @@ def restore(
             f"the checkpoint names GPUs this node does not have: {', '.join(missing)}",
             file=checkpoint_file,
         )
-    report = ApplyReport(streamed=progress is not None)
+    report = ApplyReport(streamed=shown is not None, restore=True)
     unreadable = _unreadable(targets_for(gpus))
     if unreadable:
         _refuse_unreadable(report, targets_for(gpus), unreadable)
@@ -765,6 +810,9 @@ def restore(
     runner = _runner(
         hooks_file, restore_flag_env(checkpoint_file, hooks_file, mode_only), debug, False
     )
+    if shown is not None:
+        what = f"checkpoint {checkpoint_file}" if checkpoint_file else "the checkpoint"
+        shown.begin(*_headline("Restoring", what, targets_for(gpus), mode_only=mode_only))
     return _orchestrate(
         node,
         targets_for(gpus),
@@ -774,5 +822,5 @@ def restore(
         skip_reset=skip_reset,
         parallel=parallel,
         report=report,
-        progress=progress,
+        progress=shown,
     )
