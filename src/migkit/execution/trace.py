@@ -11,10 +11,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from migkit.execution.actions import GpuTarget, matches
 from migkit.execution.report import gi_text
+
+if TYPE_CHECKING:
+    from migkit.nvml.node import NodeLike
 
 __all__ = ["log", "log_decisions", "phase", "traced"]
 
@@ -32,7 +35,7 @@ _BATCHES = (
 class _TracedNode:
     """A node whose bulk NVML calls are logged: function, items, failures and time taken."""
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: NodeLike) -> None:
         self._node = node
 
     def __getattr__(self, name: str) -> Any:
@@ -86,11 +89,12 @@ def _batch(name: str, call: Any) -> Any:
     return logged
 
 
-def traced(node: Any) -> Any:
+def traced(node: NodeLike) -> NodeLike:
     """``node`` itself, or (with debug logging on) a view of it that logs every NVML batch."""
     if not log.isEnabledFor(logging.DEBUG) or isinstance(node, _TracedNode):
         return node
-    return _TracedNode(node)
+    # _TracedNode forwards every member it does not wrap (__getattr__), so it is a NodeLike.
+    return cast("NodeLike", _TracedNode(node))
 
 
 def _seconds(started: float) -> str:
