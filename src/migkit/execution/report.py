@@ -206,6 +206,14 @@ class ApplyReport:
             f"error: {line}"
             for line in merge_by_gpu((o.index, o.text()) for o in self.outcomes if o.is_problem)
         )
+        lines.extend(self._stop_lines())
+        if not self.ok:
+            lines.append(NOT_RESTORED_PHRASE if self.restore else NOT_APPLIED_PHRASE)
+        return "\n".join(lines)
+
+    def _stop_lines(self) -> list[str]:
+        """What stopped the run early, if anything: a signal, an error."""
+        lines = []
         if self.interrupted is not None:
             lines.append(
                 f"interrupted by {_signal_name(self.interrupted)}: no new step was started; "
@@ -213,9 +221,7 @@ class ApplyReport:
             )
         if self.error:
             lines.append(f"error: {self.error}")
-        if not self.ok:
-            lines.append(NOT_RESTORED_PHRASE if self.restore else NOT_APPLIED_PHRASE)
-        return "\n".join(lines)
+        return lines
 
     def summary(self) -> str:
         """The report in a few lines, for a log or an event: warnings, the GPUs that did not
@@ -228,13 +234,7 @@ class ApplyReport:
         lines.extend(merge_by_gpu((o.index, o.text()) for o in self.outcomes if o.status not in quiet))
         results = self.results_text().split("\n")
         lines.extend(line for line in results if line.endswith(" unchanged"))
-        if self.interrupted is not None:
-            lines.append(
-                f"interrupted by {_signal_name(self.interrupted)}: no new step was started; "
-                "the GPUs changed part-way were rolled back"
-            )
-        if self.error:
-            lines.append(f"error: {self.error}")
+        lines.extend(self._stop_lines())
         if self.ok:
             lines.append(RESTORED_PHRASE if self.restore else APPLIED_PHRASE)
         else:
