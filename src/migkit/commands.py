@@ -74,10 +74,17 @@ def open_node_from_args(args: argparse.Namespace) -> Node:
     state = getattr(args, "sim_state", None) or _env("MIGKIT_SIM_STATE")
     library = getattr(args, "nvml_library", None)
     if spec and state:
-        if not os.path.exists(state):
-            from migkit import simulator
+        from migkit import simulator
 
+        if not os.path.exists(state):
             simulator.write_state(state, spec)
+        else:
+            why = simulator.shape_mismatch(state, spec)
+            if why is not None:
+                raise UsageError(
+                    f"simulator state {state} exists and {why}; remove it to start afresh, "
+                    f"or drop --simulate to use it"
+                )
         return open_node(nvml_library=library, sim_state=state)
     if state:
         if not os.path.exists(state):
@@ -107,7 +114,9 @@ def _load_selected(args: argparse.Namespace) -> tuple[Any, str | None]:
             raise UsageError(f"config file {path}: no such file")
         if os.path.isdir(path):
             raise UsageError(f"config file {path}: is a directory")
-        config = load_config(path)
+        import pathlib
+
+        config = load_config(pathlib.Path(path))  # always a path here, whatever it looks like
     return config, selected
 
 

@@ -41,6 +41,7 @@ import attrs
 import yaml
 
 from migkit.errors import ConfigError, MigkitError
+from migkit.files import MAX_HOOKS_BYTES, read_text
 
 __all__ = [
     "HOOK_ORDER",
@@ -136,12 +137,7 @@ class Hooks:
 def load_hooks(path: str | os.PathLike[str]) -> Hooks:
     """Read and parse the hooks file at ``path``; errors are :class:`ConfigError` naming it."""
     file = os.fspath(path)
-    try:
-        with open(file, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as err:
-        raise ConfigError(f"cannot read hooks file: {err.strerror or err}", file=file) from None
-    return parse_hooks(text, file=file)
+    return parse_hooks(read_text(file, limit=MAX_HOOKS_BYTES, what="hooks file"), file=file)
 
 
 def parse_hooks(text: str, *, file: str | None = None) -> Hooks:

@@ -37,6 +37,7 @@ from migkit.config.yaml_compose import (
     join_surrogates,
 )
 from migkit.errors import ConfigError
+from migkit.files import MAX_CONFIG_BYTES, read_text
 from migkit.names import ProfileCounts, parse_profile_name
 
 __all__ = [
@@ -90,14 +91,9 @@ def load_config(source: str | os.PathLike[str], *, name: str | None = None) -> M
         raise TypeError(f"load_config expects a path or text, not {type(source).__name__}")
     if path is not None:
         try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-        except UnicodeDecodeError as err:
-            raise ConfigError(
-                f"the file is not UTF-8 text ({err.reason})", file=name or path
-            ) from None
-        except OSError as err:
-            raise ConfigError(f"cannot read the file: {err.strerror}", file=name or path) from None
+            text = read_text(path, limit=MAX_CONFIG_BYTES, what="the file")
+        except ConfigError as err:
+            raise ConfigError(err.reason, file=name or path) from None
         return parse_config(text, file=name or path)
     assert isinstance(source, str)
     return parse_config(source, file=name or "<string>")

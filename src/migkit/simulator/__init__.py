@@ -128,6 +128,24 @@ def parse_spec(spec: str) -> tuple[GpuModel, ...]:
     return tuple(models)
 
 
+def shape_mismatch(state_file: str | os.PathLike[str], spec: str) -> str | None:
+    """Why the simulated node in ``state_file`` is not the node ``spec`` describes (GPU count,
+    PCI ids or memory, in order), or None when it is.
+
+    An existing state file is used as it is; giving a spec of another shape with it is a
+    mistake worth saying, not one to pass over silently.
+    """
+    wanted = parse_spec(spec)
+    gpus = sorted((r for r in read_state(state_file) if r.keyword == "gpu"), key=lambda r: r.int("index"))
+    have = [(r.int("pci"), r.int("subsys"), r.int("memory")) for r in gpus]
+    want = [(m.pci_device_id, m.pci_subsystem_id, m.memory_mib) for m in wanted]
+    if have == want:
+        return None
+    names = [r.fields.get("name", "?") for r in gpus]
+    held = ", ".join(f"{names.count(n)}x {n}" for n in dict.fromkeys(names)) or "no GPUs"
+    return f"it holds {held}, not the node {spec!r} describes"
+
+
 # --------------------------------------------------------------------------- state records
 
 
