@@ -18,7 +18,15 @@ import pytest
 import migkit
 
 PACKAGE_ROOT = pathlib.Path(migkit.__file__).resolve().parent
-PURE = ("migkit.config", "migkit.planning", "migkit.hardware", "migkit.names", "migkit.models", "migkit.errors")
+PURE = (
+    "migkit.config",
+    "migkit.planning",
+    "migkit.hardware",
+    "migkit.names",
+    "migkit.models",
+    "migkit.errors",
+    "migkit.files",
+)
 ABOVE_PURE = (
     "migkit.nvml",
     "migkit.execution",
