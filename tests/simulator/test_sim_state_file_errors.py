@@ -199,3 +199,22 @@ def test_the_python_writer_never_writes_through_a_symlinked_temp_file(tmp_path: 
     simulator.reset_gpus(path, [0])
     assert pathlib.Path(victim).read_text() == "precious\n"
     assert simulator.read_state(path)[0].keyword == "migkit-sim"
+
+
+def test_temporary_files_of_dead_writers_are_removed(tmp_path: pathlib.Path) -> None:
+    """A ``<state>.tmp.<pid>`` left by a writer killed mid-write is removed by the next write;
+    one of a live process, and a symlink's target, are left alone."""
+    state = simulator.write_state(tmp_path / "n.state", "1xh100-80gb")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"n.state.tmp.{dead.pid}"
+    stale.write_text("half a state file")
+    target = tmp_path / "target"
+    target.write_text("keep me")
+    dead_link = tmp_path / f"n.state.tmp.{dead.pid + 1_000_000}"
+    dead_link.symlink_to(target)
+    alive = tmp_path / f"n.state.tmp.{os.getppid()}"
+    alive.write_text("a live writer's")
+    simulator.write_state(state, "1xh100-80gb")
+    assert not stale.exists() and not os.path.lexists(dead_link)
+    assert target.read_text() == "keep me" and alive.exists()

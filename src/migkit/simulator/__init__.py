@@ -365,7 +365,34 @@ def _create_temp(tmp: str, mode: int | None) -> int:
     return fd
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temps(state_file: str) -> None:
+    """Remove ``<state>.tmp.<pid>`` files left by writers that died (``kill -9``) mid-write.
+
+    Called under the state's lock, so no live writer of this node is between creating its
+    temporary file and renaming it; a file of a live process is left alone all the same.
+    """
+    directory, base = os.path.split(os.path.abspath(state_file))
+    prefix = base + ".tmp."
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(directory):
+            suffix = entry.name[len(prefix) :] if entry.name.startswith(prefix) else ""
+            if suffix.isdigit() and int(suffix) != os.getpid() and not _pid_alive(int(suffix)):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)  # the entry itself (a symlink's target is untouched)
+
+
 def _write_unlocked(state_file: str, records: Sequence[Record]) -> None:
+    _remove_stale_temps(state_file)
     tmp = f"{state_file}.tmp.{os.getpid()}"
     try:
         mode: int | None = stat.S_IMODE(os.stat(state_file).st_mode)
