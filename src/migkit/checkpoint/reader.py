@@ -275,22 +275,24 @@ class _Reader:
         for j, gi in enumerate(gpu.gpu_instances):
             self._overlap(gi.compute_instances, f"{where}.gpu_instances[{j}]", "compute_instances")
 
+    def _gi_profile(self, profiles: Sequence[Profile], key: str, value: int, where: str) -> Profile:
+        """The GPU-instance profile whose ``key`` ("id" or upstream's "index") is ``value``."""
+        found = next((p for p in profiles if getattr(p, key) == value), None)
+        if found is None:
+            noun = "profile" if key == "id" else "profile index"
+            known = ", ".join(f"{getattr(p, key)} ({p.name})" for p in profiles)
+            raise self.error(where, f"{value} is not a GPU-instance {noun} of this GPU (it has {known})")
+        return found
+
     def against_tables(
         self, gpu: SavedGpu, where: str, profiles: Sequence[Profile], *, upstream: bool = False
     ) -> None:
         gi_key, ci_key = (
             ("GpuInstances", "ComputeInstances") if upstream else ("gpu_instances", "compute_instances")
         )
-        by_id = {profile.id: profile for profile in profiles}
         for j, gi in enumerate(gpu.gpu_instances):
             gi_where = f"{where}.{gi_key}[{j}]"
-            profile = by_id.get(gi.profile_id)
-            if profile is None:
-                known = ", ".join(f"{p.id} ({p.name})" for p in profiles)
-                raise self.error(
-                    f"{gi_where}.profile_id",
-                    f"{gi.profile_id} is not a GPU-instance profile of this GPU (it has {known})",
-                )
+            profile = self._gi_profile(profiles, "id", gi.profile_id, f"{gi_where}.profile_id")
             if (gi.start, gi.size) not in {(p.start, p.size) for p in profile.placements}:
                 allowed = ", ".join(str(p) for p in profile.placements)
                 raise self.error(
@@ -399,18 +401,10 @@ class _Reader:
     ) -> SavedGpu:
         """Profile indices to IDs, and compute-instance placements chosen left to right."""
         where = f"MigState.Devices[{k}]"
-        by_index = {profile.index: profile for profile in profiles}
         instances = []
         for j, gi in enumerate(gpu.gpu_instances):
             gi_where = f"{where}.GpuInstances[{j}]"
-            profile = by_index.get(gi.profile_id)
-            if profile is None:
-                known = ", ".join(f"{p.index} ({p.name})" for p in profiles)
-                raise self.error(
-                    f"{gi_where}.ProfileID",
-                    f"{gi.profile_id} is not a GPU-instance profile index of this GPU "
-                    f"(it has {known})",
-                )
+            profile = self._gi_profile(profiles, "index", gi.profile_id, f"{gi_where}.ProfileID")
             used: list[tuple[int, int]] = []
             cis = []
             for i, ci in enumerate(gi.compute_instances):
