@@ -206,14 +206,8 @@ class _Reader:
                             self.integer(ci["size"], f"{ci_where}.size", 1),
                         )
                     )
-                gis.append(
-                    SavedGpuInstance(
-                        self.integer(gi["profile_id"], f"{gi_where}.profile_id", 0),
-                        self.integer(gi["start"], f"{gi_where}.start", 0),
-                        self.integer(gi["size"], f"{gi_where}.size", 1),
-                        tuple(cis),
-                    )
-                )
+                fields = (gi["profile_id"], gi["start"], gi["size"])
+                gis.append(self.instance(fields, gi_where, ("profile_id", "start", "size"), cis))
             if gis and not enabled:
                 raise self.error(
                     f"{where}.gpu_instances", "must be empty when mig_enabled is false"
@@ -274,6 +268,17 @@ class _Reader:
         self._overlap(gpu.gpu_instances, where, "gpu_instances")
         for j, gi in enumerate(gpu.gpu_instances):
             self._overlap(gi.compute_instances, f"{where}.gpu_instances[{j}]", "compute_instances")
+
+    def instance(
+        self, fields: tuple[Any, Any, Any], where: str, keys: tuple[str, str, str], cis: list[SavedComputeInstance]
+    ) -> SavedGpuInstance:
+        """A saved GPU instance from its (profile, start, size) values, each checked as an integer
+        (a profile and a start of at least 0, a size of at least 1) and named by its key."""
+        profile, start, size = (
+            self.integer(value, f"{where}.{key}", least)
+            for value, key, least in zip(fields, keys, (0, 0, 1), strict=True)
+        )
+        return SavedGpuInstance(profile, start, size, tuple(cis))
 
     def _gi_profile(self, profiles: Sequence[Profile], key: str, value: int, where: str) -> Profile:
         """The GPU-instance profile whose ``key`` ("id" or upstream's "index") is ``value``."""
@@ -374,14 +379,9 @@ class _Reader:
                             self.integer(ci["ProfileID"], f"{ci_where}.ProfileID", 0), 0, 1
                         )
                     )
-                gis.append(
-                    SavedGpuInstance(
-                        self.integer(gi["ProfileID"], f"{gi_where}.ProfileID", 0),
-                        self.integer(placement["Start"], f"{gi_where}.Placement.Start", 0),
-                        self.integer(placement["Size"], f"{gi_where}.Placement.Size", 1),
-                        tuple(cis),
-                    )
-                )
+                fields = (gi["ProfileID"], placement["Start"], placement["Size"])
+                keys = ("ProfileID", "Placement.Start", "Placement.Size")
+                gis.append(self.instance(fields, gi_where, keys, cis))
             if gis and mode == 0:
                 raise self.error(f"{where}.GpuInstances", "must be empty when MigMode is 0")
             gpus.append(

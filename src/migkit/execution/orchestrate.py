@@ -424,13 +424,8 @@ def apply(
 
 
 def assert_config(
-    node: NodeLike,
-    config: MigConfigFile,
-    name: str | None = None,
-    *,
-    mode_only: bool = False,
-    strict_coverage: bool = False,
-    valid_only: bool = False,
+    node: NodeLike, config: MigConfigFile, name: str | None = None, *,
+    mode_only: bool = False, strict_coverage: bool = False, valid_only: bool = False,
 ) -> AssertResult:
     """Whether the node already matches; with ``valid_only``, whether the config can be applied here."""
     gpus = _reads_for(traced(node), config, name).snapshot()
@@ -474,10 +469,10 @@ def restore(
     node: NodeLike,
     saved: Checkpoint,
     *,
+    checkpoint_file: str | None = None,
+    hooks_file: str | None = None,
     mode_only: bool = False,
     skip_reset: bool = False,
-    hooks_file: str | None = None,
-    checkpoint_file: str | None = None,
     progress: Progress | TextIO | None = None,
     debug: bool = False,
     parallel: bool = True,
