@@ -248,6 +248,7 @@ class ComputeInstance:
     uuid: str = ""  # "MIG-..."
     memory_mib: int = 0  # as the MIG device reports it
     multiprocessors: int = 0
+    # The MIG device's share of the GPU instance's engines, from nvmlDeviceGetAttributes:
     copy_engines: int = 0
     decoders: int = 0
     encoders: int = 0
