@@ -198,3 +198,50 @@ _NVML_ERROR_CLASSES: dict[int, type[NvmlError]] = {
     19: InUse,
     23: InsufficientResources,
 }
+
+
+class SimulatorError(MigkitError):
+    """A bad simulator spec or state file."""
+
+
+class HookError(MigkitError):
+    """A hook could not be started or exited unsuccessfully.
+
+    ``hook`` is the hook name, ``argv`` the command line, ``returncode`` the exit status
+    (negative: killed by that signal; ``None``: it never ran) and ``stderr_tail`` the end of
+    what it wrote to stderr (stdout when stderr was empty).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hook: str,
+        argv: Sequence[str],
+        returncode: int | None = None,
+        stderr_tail: str = "",
+    ) -> None:
+        self.hook = hook
+        self.argv = tuple(argv)
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+        super().__init__(message)
+
+
+class GenerateError(MigkitError):
+    """No config can be generated for these GPUs."""
+
+
+class NoMigCapableGpuError(GenerateError):
+    """None of the GPUs supports MIG."""
+
+
+class NoProfilesDiscoveredError(GenerateError):
+    """GPUs are MIG-capable but list no profiles (older drivers with MIG mode off).
+
+    The caller should fall back to a static config, as the MIG manager does.
+    """
+
+
+class LabelError(MigkitError, ValueError):
+    """Labels were asked for with an unknown strategy."""

@@ -34,7 +34,7 @@ from typing import Any
 
 import attrs
 
-from migkit.errors import MigkitError
+from migkit.errors import GenerateError, NoMigCapableGpuError, NoProfilesDiscoveredError
 from migkit.export import ConfigDocument, device_id_string, render
 from migkit.models import GpuModel, GpuState
 
@@ -74,19 +74,10 @@ BALANCED_FORMULA: dict[int, dict[int, int]] = {
 _PROFILE_NAME = re.compile(r"^(?:(\d+)c\.)?(\d+)g\.(\d+)gb(?:[+-].*)?$")
 
 
-class GenerateError(MigkitError):
-    """No config can be generated for these GPUs."""
 
 
-class NoMigCapableGpuError(GenerateError):
-    """None of the GPUs supports MIG."""
 
 
-class NoProfilesDiscoveredError(GenerateError):
-    """GPUs are MIG-capable but list no profiles (older drivers with MIG mode off).
-
-    The caller should fall back to a static config, as the MIG manager does.
-    """
 
 
 @attrs.frozen(order=True)

@@ -40,7 +40,7 @@ from typing import IO, Any
 import attrs
 import yaml
 
-from migkit.errors import ConfigError, MigkitError
+from migkit.errors import ConfigError, HookError
 from migkit.files import MAX_HOOKS_BYTES, read_text
 
 __all__ = [
@@ -62,28 +62,6 @@ _TAIL_LINES = 20
 _TAIL_CHARS = 4000
 
 
-class HookError(MigkitError):
-    """A hook could not be started or exited unsuccessfully.
-
-    ``hook`` is the hook name, ``argv`` the command line, ``returncode`` the exit status
-    (negative: killed by that signal; ``None``: it never ran) and ``stderr_tail`` the end of
-    what it wrote to stderr (stdout when stderr was empty).
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        hook: str,
-        argv: Sequence[str],
-        returncode: int | None = None,
-        stderr_tail: str = "",
-    ) -> None:
-        self.hook = hook
-        self.argv = tuple(argv)
-        self.returncode = returncode
-        self.stderr_tail = stderr_tail
-        super().__init__(message)
 
 
 @attrs.frozen

@@ -51,7 +51,7 @@ from typing import Literal
 
 import attrs
 
-from migkit.errors import MigkitError
+from migkit.errors import LabelError
 from migkit.models import ComputeInstance, GpuInstance, GpuState
 from migkit.names import canonical_from_nvml
 
@@ -73,8 +73,6 @@ STRATEGIES: tuple[Strategy, ...] = ("none", "single", "mixed")
 _PREFIX = "nvidia.com/"
 
 
-class LabelError(MigkitError, ValueError):
-    """Labels were asked for with an unknown strategy."""
 
 
 def label_profile_name(profile: str) -> str:
