@@ -22,7 +22,7 @@ from migkit.checkpoint.values import (
     SavedGpuInstance,
 )
 from migkit.errors import ConfigError
-from migkit.models import Profile
+from migkit.models import ComputeProfile, Profile
 
 # --------------------------------------------------------------------------- reading
 
@@ -280,6 +280,18 @@ class _Reader:
         )
         return SavedGpuInstance(profile, start, size, tuple(cis))
 
+    def _ci_profile(self, profile: Profile, key: str, value: int, where: str) -> ComputeProfile:
+        """The compute-instance profile of ``profile`` whose ``key`` ("id" or upstream's
+        "index") is ``value``."""
+        found = next((c for c in profile.compute_profiles if getattr(c, key) == value), None)
+        if found is None:
+            noun = "profile" if key == "id" else "profile index"
+            known = ", ".join(f"{getattr(c, key)} ({c.name})" for c in profile.compute_profiles)
+            raise self.error(
+                where, f"{value} is not a compute-instance {noun} of {profile.name} (it has {known})"
+            )
+        return found
+
     def _gi_profile(self, profiles: Sequence[Profile], key: str, value: int, where: str) -> Profile:
         """The GPU-instance profile whose ``key`` ("id" or upstream's "index") is ``value``."""
         found = next((p for p in profiles if getattr(p, key) == value), None)
@@ -307,14 +319,7 @@ class _Reader:
                 )
             for i, ci in enumerate(gi.compute_instances):
                 ci_where = f"{gi_where}.{ci_key}[{i}]"
-                compute = next((c for c in profile.compute_profiles if c.id == ci.profile_id), None)
-                if compute is None:
-                    known = ", ".join(f"{c.id} ({c.name})" for c in profile.compute_profiles)
-                    raise self.error(
-                        f"{ci_where}.profile_id",
-                        f"{ci.profile_id} is not a compute-instance profile of {profile.name} "
-                        f"(it has {known})",
-                    )
+                compute = self._ci_profile(profile, "id", ci.profile_id, f"{ci_where}.profile_id")
                 if ci.size != compute.slice_count or ci.start + ci.size > profile.slice_count:
                     raise self.error(
                         ci_where,
@@ -409,16 +414,7 @@ class _Reader:
             cis = []
             for i, ci in enumerate(gi.compute_instances):
                 ci_where = f"{gi_where}.ComputeInstances[{i}]"
-                compute = next(
-                    (c for c in profile.compute_profiles if c.index == ci.profile_id), None
-                )
-                if compute is None:
-                    known = ", ".join(f"{c.index} ({c.name})" for c in profile.compute_profiles)
-                    raise self.error(
-                        f"{ci_where}.ProfileID",
-                        f"{ci.profile_id} is not a compute-instance profile index of "
-                        f"{profile.name} (it has {known})",
-                    )
+                compute = self._ci_profile(profile, "index", ci.profile_id, f"{ci_where}.ProfileID")
                 candidates = sorted(
                     (p.start, p.size) for p in compute.placements
                 ) or [(s, compute.slice_count) for s in range(profile.slice_count)]

@@ -526,14 +526,5 @@ def restore(
     if shown is not None:
         what = f"checkpoint {checkpoint_file}" if checkpoint_file else "the checkpoint"
         shown.begin(*headline("Restoring", what, targets_for(gpus), mode_only=mode_only))
-    return _orchestrate(
-        node,
-        targets_for(gpus),
-        targets_for,
-        runner,
-        mode_only=mode_only,
-        skip_reset=skip_reset,
-        parallel=parallel,
-        report=report,
-        progress=shown,
-    )
+    options = {"mode_only": mode_only, "skip_reset": skip_reset, "parallel": parallel}
+    return _orchestrate(node, targets_for(gpus), targets_for, runner, **options, report=report, progress=shown)
