@@ -148,15 +148,34 @@ def _refuse_if_read_only(call: str, n: int) -> None:
         raise ReadOnlyError(f"{READ_ONLY_ENV} is set: refusing {n} {call} call{'s' if n != 1 else ''}")
 
 
+@attrs.frozen
+class _Batch:
+    """One bulk operation of the shim: its C function, item type and the NVML call it makes."""
+
+    fn: Any
+    ctype: str
+    call: str
+
+
+_CREATE_GPU_INSTANCES = _Batch(
+    lib.shim_create_gpu_instances, "shim_gi_create_t", "nvmlDeviceCreateGpuInstanceWithPlacement"
+)
+_CREATE_COMPUTE_INSTANCES = _Batch(
+    lib.shim_create_compute_instances, "shim_ci_create_t", "nvmlGpuInstanceCreateComputeInstanceWithPlacement"
+)
+_DESTROY_COMPUTE_INSTANCES = _Batch(lib.shim_destroy_compute_instances, "shim_ci_ref_t", "nvmlComputeInstanceDestroy")
+_DESTROY_GPU_INSTANCES = _Batch(lib.shim_destroy_gpu_instances, "shim_gi_ref_t", "nvmlGpuInstanceDestroy")
+_SET_MIG_MODE = _Batch(lib.shim_set_mig_mode, "shim_mig_mode_t", "nvmlDeviceSetMigMode")
+
+
 def _run_bulk(
-    fn: Any,
-    ctype: str,
+    batch: _Batch,
     requests: Sequence[Any],
     stop_on_error: bool,
-    call: str,
     fill: Callable[[Any, Any], None],
     result: Callable[[Any, Any, NvmlError | None], _R],
 ) -> tuple[_R, ...]:
+    fn, ctype, call = batch.fn, batch.ctype, batch.call
     if not requests:
         return ()
     _refuse_if_read_only(call, len(requests))
@@ -190,15 +209,7 @@ def create_gpu_instances(
             return GpuInstanceResult(item.status, error, r, created=bool(item.created))
         return GpuInstanceResult(0, None, r, item.gi_id, interned_placement(item.start, item.size), created=True)
 
-    return _run_bulk(
-        lib.shim_create_gpu_instances,
-        "shim_gi_create_t",
-        list(requests),
-        stop_on_error,
-        "nvmlDeviceCreateGpuInstanceWithPlacement",
-        fill,
-        result,
-    )
+    return _run_bulk(_CREATE_GPU_INSTANCES, list(requests), stop_on_error, fill, result)
 
 
 def create_compute_instances(
@@ -217,15 +228,11 @@ def create_compute_instances(
         placement = interned_placement(item.start, item.size) if item.size else None
         return ComputeInstanceResult(0, None, r, item.ci_id, placement, created=True)
 
-    return _run_bulk(
-        lib.shim_create_compute_instances,
-        "shim_ci_create_t",
-        list(requests),
-        stop_on_error,
-        "nvmlGpuInstanceCreateComputeInstanceWithPlacement",
-        fill,
-        result,
-    )
+    return _run_bulk(_CREATE_COMPUTE_INSTANCES, list(requests), stop_on_error, fill, result)
+
+
+def _destroyed(item: Any, request: ComputeInstanceRef | GpuInstanceRef, error: NvmlError | None) -> DestroyResult:
+    return DestroyResult(item.status, error, request)
 
 
 def destroy_compute_instances(
@@ -236,18 +243,7 @@ def destroy_compute_instances(
     def fill(item: Any, r: ComputeInstanceRef) -> None:
         item.device, item.gi_id, item.ci_id = r.gpu, r.gpu_instance, r.compute_instance
 
-    def result(item: Any, r: ComputeInstanceRef, error: NvmlError | None) -> DestroyResult:
-        return DestroyResult(item.status, error, r)
-
-    return _run_bulk(
-        lib.shim_destroy_compute_instances,
-        "shim_ci_ref_t",
-        list(refs),
-        stop_on_error,
-        "nvmlComputeInstanceDestroy",
-        fill,
-        result,
-    )
+    return _run_bulk(_DESTROY_COMPUTE_INSTANCES, list(refs), stop_on_error, fill, _destroyed)
 
 
 def destroy_gpu_instances(refs: Iterable[GpuInstanceRef], *, stop_on_error: bool = False) -> tuple[DestroyResult, ...]:
@@ -256,18 +252,7 @@ def destroy_gpu_instances(refs: Iterable[GpuInstanceRef], *, stop_on_error: bool
     def fill(item: Any, r: GpuInstanceRef) -> None:
         item.device, item.gi_id = r.gpu, r.gpu_instance
 
-    def result(item: Any, r: GpuInstanceRef, error: NvmlError | None) -> DestroyResult:
-        return DestroyResult(item.status, error, r)
-
-    return _run_bulk(
-        lib.shim_destroy_gpu_instances,
-        "shim_gi_ref_t",
-        list(refs),
-        stop_on_error,
-        "nvmlGpuInstanceDestroy",
-        fill,
-        result,
-    )
+    return _run_bulk(_DESTROY_GPU_INSTANCES, list(refs), stop_on_error, fill, _destroyed)
 
 
 def set_mig_mode(requests: Iterable[MigModeRequest], *, stop_on_error: bool = False) -> tuple[MigModeResult, ...]:
@@ -285,12 +270,4 @@ def set_mig_mode(requests: Iterable[MigModeRequest], *, stop_on_error: bool = Fa
         pending = None if item.pending_mode == UNKNOWN_MODE else int(item.pending_mode)
         return MigModeResult(item.status, error, r, activation, activation_error, current, pending)
 
-    return _run_bulk(
-        lib.shim_set_mig_mode,
-        "shim_mig_mode_t",
-        list(requests),
-        stop_on_error,
-        "nvmlDeviceSetMigMode",
-        fill,
-        result,
-    )
+    return _run_bulk(_SET_MIG_MODE, list(requests), stop_on_error, fill, result)
