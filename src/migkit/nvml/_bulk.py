@@ -89,7 +89,15 @@ class _Result:
 
 
 @attrs.frozen(eq=False)
-class GpuInstanceResult(_Result):
+class _CreateResult(_Result):
+    """What a create leaves: where the new instance sits, and whether it exists at all."""
+
+    placement: Placement | None = attrs.field(default=None, kw_only=True)
+    created: bool = attrs.field(default=False, kw_only=True)
+
+
+@attrs.frozen(eq=False)
+class GpuInstanceResult(_CreateResult):
     """Outcome of one :class:`GpuInstanceRequest`; ``gpu_instance`` is the new GI's id.
 
     ``created`` is true once NVML created the instance, also when reading it back failed
@@ -99,12 +107,10 @@ class GpuInstanceResult(_Result):
 
     request: GpuInstanceRequest
     gpu_instance: int | None = None
-    placement: Placement | None = None
-    created: bool = False
 
 
 @attrs.frozen(eq=False)
-class ComputeInstanceResult(_Result):
+class ComputeInstanceResult(_CreateResult):
     """Outcome of one :class:`ComputeInstanceRequest`; ``compute_instance`` is the new id.
 
     ``created`` as for :class:`GpuInstanceResult`: true once the compute instance exists,
@@ -113,8 +119,6 @@ class ComputeInstanceResult(_Result):
 
     request: ComputeInstanceRequest
     compute_instance: int | None = None
-    placement: Placement | None = None
-    created: bool = False
 
 
 @attrs.frozen(eq=False)
@@ -207,7 +211,8 @@ def create_gpu_instances(
     def result(item: Any, r: GpuInstanceRequest, error: NvmlError | None) -> GpuInstanceResult:
         if item.status != 0:
             return GpuInstanceResult(item.status, error, r, created=bool(item.created))
-        return GpuInstanceResult(0, None, r, item.gi_id, interned_placement(item.start, item.size), created=True)
+        placement = interned_placement(item.start, item.size)
+        return GpuInstanceResult(0, None, r, item.gi_id, placement=placement, created=True)
 
     return _run_bulk(_CREATE_GPU_INSTANCES, list(requests), stop_on_error, fill, result)
 
@@ -226,7 +231,7 @@ def create_compute_instances(
         if item.status != 0:
             return ComputeInstanceResult(item.status, error, r, created=bool(item.created))
         placement = interned_placement(item.start, item.size) if item.size else None
-        return ComputeInstanceResult(0, None, r, item.ci_id, placement, created=True)
+        return ComputeInstanceResult(0, None, r, item.ci_id, placement=placement, created=True)
 
     return _run_bulk(_CREATE_COMPUTE_INSTANCES, list(requests), stop_on_error, fill, result)
 
