@@ -492,7 +492,7 @@ def test_a_rebooting_state_that_cannot_be_written_means_no_reboot(
     labels restored. (A ValidatingAdmissionPolicy refuses that one write.)"""
     import yaml
 
-    from conftest import server_side_apply
+    from k8s_cluster import server_side_apply
 
     node = make_node(spec="2xa100-80gb")
     docs = [d for d in yaml.safe_load_all(REBOOTING_DENIED.replace("NODE", node.name))]

@@ -4,13 +4,12 @@ simulated fleets whose agents run in harness processes (``python -m migkit.fleet
 the rollout as a real ``migkit rollout`` process, and a recorder of every change the API
 server reports for a fleet's nodes.
 
-There is no conftest.py here: the agent tests import their conftest by module name, which a
-second conftest would shadow. A test module imports the fixtures it uses from here."""
+The control plane and the cluster are the session's (tests/conftest.py, shared with the agent
+tests: one API server for both). A test module imports ``harness`` from here."""
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -256,20 +255,6 @@ def until(what: str, predicate: Callable[[], Any], timeout: float = 60.0) -> Any
     return wait_for(what, predicate, timeout)
 
 
-def _agent_fixtures() -> Any:
-    """The agent tests' conftest, loaded under its own name so its fixtures serve here too."""
-    spec = importlib.util.spec_from_file_location("agent_test_fixtures", AGENT_TESTS / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_agent = _agent_fixtures()
-control_plane = _agent.control_plane
-cluster = _agent.cluster
-
-
 @pytest.fixture(scope="module")
 def harness(cluster: dict[str, Any], control_plane: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         Harness]:
@@ -282,6 +267,6 @@ def harness(cluster: dict[str, Any], control_plane: Any, tmp_path_factory: pytes
 
 
 __all__ = [
-    "CONFIG", "FAULT", "NAMESPACE", "ROOT", "STATE", "Fleet", "Harness", "Recorder", "cluster", "config",
-    "control_plane", "harness", "time", "until",
+    "CONFIG", "FAULT", "NAMESPACE", "ROOT", "STATE", "Fleet", "Harness", "Recorder", "config",
+    "harness", "time", "until",
 ]

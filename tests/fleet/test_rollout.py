@@ -21,8 +21,6 @@ from fleet_kit import (
     STATE,
     Fleet,
     Harness,
-    cluster,
-    control_plane,
     harness,
     until,
 )
@@ -30,8 +28,8 @@ from kubernetes import client
 
 from migkit.agent.labels import OPERAND_DEPLOY_LABELS, RETRY_ANNOTATION
 
-# pytest finds fixtures among a test module's names: these come from fleet_kit (no conftest here).
-FIXTURES = (cluster, control_plane, harness)
+# pytest finds fixtures among a test module's names: this one comes from fleet_kit.
+FIXTURES = (harness,)
 TERMINAL = ("success", "failed")
 
 
