@@ -158,8 +158,9 @@ class Harness:
         self.outcome_files: list[Path] = []
 
     def fleet(self, name: str, groups: Sequence[tuple[int, str]], *, faults: Mapping[int, str] | None = None,
-              initial_config: str = "all-disabled") -> Fleet:
-        """Make (once) a fleet of ``groups`` [(count, model)], 8 GPUs a node, node i with fault i."""
+              initial_config: str | None = "all-disabled", labels: Mapping[str, str] | None = None) -> Fleet:
+        """Make (once) a fleet of ``groups`` [(count, model)], 8 GPUs a node, node i with fault i,
+        labelled ``initial_config`` (None: no MIG config label at all) and ``labels``."""
         if name in self.fleets:
             return self.fleets[name]
         tag = uuid.uuid4().hex[:6]
@@ -174,16 +175,29 @@ class Harness:
             models.update({n: model for n in names})
             index += count
         for sim in sims:
-            labels = node_labels(models[sim.name], 8, {FLEET_LABEL: name, "kubernetes.io/hostname": sim.name,
-                                                      CONFIG: initial_config})
-            self.core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=sim.name, labels=labels)))
+            extra = {FLEET_LABEL: name, "kubernetes.io/hostname": sim.name, **(labels or {})}
+            if initial_config is not None:
+                extra[CONFIG] = initial_config
+            node = client.V1Node(metadata=client.V1ObjectMeta(name=sim.name, labels=node_labels(
+                models[sim.name], 8, extra)))
+            self.core.create_node(node)
         fleet = Fleet(self, name, sims, models)
         self._start(fleet)
         self.fleets[name] = fleet
+        if initial_config is None:
+            # No label, no run: each agent's ConfigMap, published at its start, is the sign of life.
+            wait_for(f"fleet {name}'s ConfigMaps", lambda: all(
+                f"{n}-mig-config" in self.config_maps() for n in fleet.names), 60)
+            return fleet
         fleet.wait_settled()
         # The agents record a run just after writing its state: wait for the first run of each.
         wait_for(f"fleet {name}'s first runs recorded", lambda: all(fleet.runs(n) >= 1 for n in fleet.names), 60)
         return fleet
+
+    def config_maps(self) -> dict[str, dict[str, str]]:
+        """The agents' ConfigMaps' data, by name."""
+        items = self.core.list_namespaced_config_map(NAMESPACE, label_selector="app.kubernetes.io/managed-by").items
+        return {cm.metadata.name: dict(cm.data or {}) for cm in items}
 
     def _start(self, fleet: Fleet) -> None:
         spec = self.workdir / f"{fleet.name}.json"
