@@ -8,11 +8,13 @@ command so that ``migkit --version`` stays quick.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
 TYPE_CHECKING = False  # importing typing would slow down every start
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any, TextIO
 
     from migkit.nvml.node import Node
@@ -113,6 +115,58 @@ def _write(text: str, out: TextIO | None = None) -> None:
     (out or sys.stdout).write(text if text.endswith("\n") else text + "\n")
 
 
+def _progress(args: argparse.Namespace) -> Any:
+    """How apply and restore show progress: nothing with ``-o json``; a live view redrawn in
+    place when standard output is a terminal (and ``-d`` is not interleaving logs); plain
+    lines on standard error otherwise, so that standard output holds each GPU once."""
+    from migkit.execution.report import Progress
+
+    if getattr(args, "output", "text") == "json":
+        return None
+    live = sys.stdout.isatty() and not _debug(args)
+    return Progress(sys.stdout, sys.stdout if live else sys.stderr, live=live)
+
+
+@contextlib.contextmanager
+def _debug_logging(args: argparse.Namespace) -> Iterator[None]:
+    """With ``-d``, the ``migkit`` logger's debug records (NVML batches, plan decisions,
+    phase timings) go to standard error while the command runs."""
+    if not _debug(args):
+        yield
+        return
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("debug: %(message)s"))
+    logger = logging.getLogger("migkit")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _report(report: Any, output: str = "text") -> None:
+    """An apply or restore report: JSON on stdout, or results on stdout and problems on stderr."""
+    if output == "json":
+        _write(report.to_json())
+        return
+    problems = report.problems_text()
+    warnings = [line for line in problems.split("\n") if line.startswith("warning: ")]
+    if warnings:
+        _write("\n".join(warnings), sys.stderr)
+    results = report.results_text()
+    if results:
+        _write(results)
+    rest = problems.split("\n")[len(warnings) :]
+    if problems and rest:
+        sys.stdout.flush()
+        _write("\n".join(rest), sys.stderr)
+
+
 def _strict(args: argparse.Namespace) -> bool:
     return _flag(args, "strict_coverage", "MIGKIT_STRICT_COVERAGE")
 
@@ -133,22 +187,27 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from migkit.execution.orchestrate import apply
 
     config, selected = _load_selected(args)
-    with open_node_from_args(args) as node:
-        report = apply(
-            node,
-            config,
-            selected,
-            config_file=args.config_file or _env("MIG_PARTED_CONFIG_FILE") or "",
-            hooks_file=args.hooks_file or _env("MIG_PARTED_HOOKS_FILE"),
-            skip_reset=_flag(args, "skip_reset", "MIG_PARTED_SKIP_RESET"),
-            mode_only=_flag(args, "mode_only", "MIG_PARTED_MODE_CHANGE_ONLY"),
-            dry_run=args.dry_run,
-            strict_coverage=_strict(args),
-            debug=_debug(args),
-            inherit_env=args.inherit_env or env_bool("MIGKIT_HOOKS_INHERIT_ENV"),
-            progress=None if args.output == "json" else sys.stdout,
-        )
-    _write(report.to_json() if args.output == "json" else report.summary())
+    progress = None if args.dry_run else _progress(args)
+    with _debug_logging(args), open_node_from_args(args) as node:
+        try:
+            report = apply(
+                node,
+                config,
+                selected,
+                config_file=args.config_file or _env("MIG_PARTED_CONFIG_FILE") or "",
+                hooks_file=args.hooks_file or _env("MIG_PARTED_HOOKS_FILE"),
+                skip_reset=_flag(args, "skip_reset", "MIG_PARTED_SKIP_RESET"),
+                mode_only=_flag(args, "mode_only", "MIG_PARTED_MODE_CHANGE_ONLY"),
+                dry_run=args.dry_run,
+                strict_coverage=_strict(args),
+                debug=_debug(args),
+                inherit_env=args.inherit_env or env_bool("MIGKIT_HOOKS_INHERIT_ENV"),
+                progress=progress,
+            )
+        finally:
+            if progress is not None:
+                progress.end()
+    _report(report, args.output)
     return report.exit_code
 
 
@@ -163,8 +222,10 @@ def cmd_assert(args: argparse.Namespace) -> int:
 
         select(config, selected)
         if not _simulated(args):
+            if args.output != "json":
+                _write("Selected MIG configuration is valid")
             return EXIT_OK
-    with open_node_from_args(args) as node:
+    with _debug_logging(args), open_node_from_args(args) as node:
         result = assert_config(
             node,
             config,
@@ -175,10 +236,8 @@ def cmd_assert(args: argparse.Namespace) -> int:
         )
     if args.output == "json":
         _write(result.to_json())
-    elif result.ok:
-        _write(result.summary())
     else:
-        _write(result.summary(), sys.stderr)
+        _report(result)
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
@@ -317,17 +376,22 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if not path:
         raise UsageError("a checkpoint file is required: -f/--checkpoint-file FILE")
     saved = checkpoint.read(path)  # validated before the node is opened
-    with open_node_from_args(args) as node:
+    progress = _progress(args)
+    with _debug_logging(args), open_node_from_args(args) as node:
         saved = checkpoint.for_node(saved, node.snapshot(), file=path)
-        report = checkpoint.restore(
-            node,
-            saved,
-            mode_only=_flag(args, "mode_only", "MIG_PARTED_MODE_CHANGE_ONLY"),
-            skip_reset=_flag(args, "skip_reset", "MIG_PARTED_SKIP_RESET"),
-            hooks_file=args.hooks_file or _env("MIG_PARTED_HOOKS_FILE"),
-            checkpoint_file=path,
-            progress=sys.stdout,
-            debug=_debug(args),
-        )
-    _write(report.summary())
+        try:
+            report = checkpoint.restore(
+                node,
+                saved,
+                mode_only=_flag(args, "mode_only", "MIG_PARTED_MODE_CHANGE_ONLY"),
+                skip_reset=_flag(args, "skip_reset", "MIG_PARTED_SKIP_RESET"),
+                hooks_file=args.hooks_file or _env("MIG_PARTED_HOOKS_FILE"),
+                checkpoint_file=path,
+                progress=progress,
+                debug=_debug(args),
+            )
+        finally:
+            if progress is not None:
+                progress.end()
+    _report(report)
     return report.exit_code

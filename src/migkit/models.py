@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
+from typing import TypedDict
 
 import attrs
 
@@ -49,6 +50,16 @@ class MigMode(enum.IntEnum):
 
 MIG_DISABLED = MigMode.DISABLED
 MIG_ENABLED = MigMode.ENABLED
+
+
+class EngineCounts(TypedDict):
+    """A profile's or MIG device's copy and media engines, as keyword arguments of the models."""
+
+    copy_engines: int
+    decoders: int
+    encoders: int
+    jpegs: int
+    ofas: int
 
 
 class _TextEnum(str, enum.Enum):

@@ -483,12 +483,12 @@ def test_failed_mode_change_while_disabling_brings_the_instances_back(
     state = simulator.write_state(tmp_path / "n.state", "1xh100-80gb")
     assert cli("--sim-state", state, "apply", "-f", config_file, "-c", "all-balanced")[0] == 0
     before = layout_key(snapshot(state)[0])
-    code, out, _ = cli(
+    code, out, err = cli(
         "--sim-state", state, "apply", "-f", config_file, "-c", "all-disabled",
         faults="nvmlDeviceSetMigMode@1=UNKNOWN",
     )
     assert code == 1
-    assert "nvmlDeviceSetMigMode" in out or "Unknown Error" in out
+    assert "nvmlDeviceSetMigMode" in err or "Unknown Error" in err  # errors go to stderr
     gpu = snapshot(state)[0]
     assert layout_key(gpu) == before
     assert gpu.device_counts() == TARGETS["all-balanced"]

@@ -148,13 +148,14 @@ def _trial(
     assert all(layouts[i] == before[i] or layouts[i] == TARGET[i] for i in layouts), (
         f"signal {sig} after {delay:.3f}s: a GPU is in neither layout\n{out}{err}"
     )
-    if "MIG configuration applied" in out:
+    if "MIG configuration applied" in out or "MIG configuration restored" in out:
         # The signal came after the run was over (during the report, or at exit).
         assert layouts == TARGET, out + err
         return "late"
     assert proc.returncode == 128 + sig, f"exit {proc.returncode}\n{out}{err}"
-    if "MIG configuration" in out:
-        assert "MIG configuration NOT applied" in out and signal.Signals(sig).name in out
+    if "MIG configuration" in err:
+        # The failure verdict and the interrupt are on standard error.
+        assert "MIG configuration NOT" in err and signal.Signals(sig).name in err
         return "interrupted"
     # The signal came between the end of the run and the report (the handlers were gone).
     assert layouts == TARGET, out + err

@@ -79,7 +79,7 @@ def test_apply_cli_warns_about_a_filter_matching_nothing(
         '      mig-devices: {"1g.6gb": 4}\n'
     )
     assert main(["--sim-state", state, "apply", "-f", str(config), "-c", "a30s"]) == 0
-    assert "matches no GPU" in capsys.readouterr().out
+    assert "matches no GPU" in capsys.readouterr().err  # warnings go to stderr
     code = main(["--sim-state", state, "apply", "--strict-coverage", "-f", str(config), "-c", "a30s"])
     assert code == 2
     assert f"{config}:4" in capsys.readouterr().err

@@ -247,13 +247,13 @@ class _Reader:
                 self.against_tables(gpu, f"gpus[{k}]", profiles)
         return checkpoint
 
-    def unique_uuids(self, checkpoint: Checkpoint) -> None:
+    def unique_uuids(self, checkpoint: Checkpoint, field: str = "gpus", key: str = "uuid") -> None:
+        """Refuse a GPU listed twice (``gpus[k].uuid``, or upstream's ``Devices[k].UUID``)."""
         seen: dict[str, int] = {}
         for k, gpu in enumerate(checkpoint.gpus):
             if gpu.uuid in seen:
-                raise self.error(
-                    f"gpus[{k}].uuid", f"{gpu.uuid} is also gpus[{seen[gpu.uuid]}]"
-                )
+                short = field.rpartition(".")[2]
+                raise self.error(f"{field}[{k}].{key}", f"{gpu.uuid} is also {short}[{seen[gpu.uuid]}]")
             seen[gpu.uuid] = k
 
     def _overlap(
@@ -386,13 +386,8 @@ class _Reader:
                 SavedGpu(self.string(device["UUID"], f"{where}.UUID"), k, mode == 1, tuple(gis))
             )
         checkpoint = Checkpoint(tuple(gpus), format="mig-parted", resolved=False)
-        seen: dict[str, int] = {}
+        self.unique_uuids(checkpoint, "MigState.Devices", "UUID")
         for k, gpu in enumerate(checkpoint.gpus):
-            if gpu.uuid in seen:
-                raise self.error(
-                    f"MigState.Devices[{k}].UUID", f"{gpu.uuid} is also Devices[{seen[gpu.uuid]}]"
-                )
-            seen[gpu.uuid] = k
             self.no_overlaps_upstream(gpu, f"MigState.Devices[{k}]")
         return checkpoint
 

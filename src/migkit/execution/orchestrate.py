@@ -13,335 +13,89 @@ possible; the report says, per GPU, what state it ended in.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
-import attrs
-
-from migkit.config import MigConfigFile
-from migkit.errors import ApplyError, ConfigError, MigkitError, NvmlError, ResetFailed
+from migkit.config import MigConfigFile, select
+from migkit.errors import ApplyError, ConfigError, MigkitError, NvmlError
 from migkit.execution.actions import (
-    CreatedKey,
     GpuTarget,
-    clear_actions,
-    gi_signature,
     matches,
     plan_targets,
 )
-from migkit.execution.host import lock_path, node_lock, reset_blockers, reset_gpus
-from migkit.execution.interrupts import StopFlag, deferred_interrupts
-from migkit.execution.report import ApplyReport, AssertResult, GpuOutcome, describe_gpu
-from migkit.execution.transaction import StepFailed, execute_gpu, restore_gpu
+from migkit.execution.host import lock_path, node_lock, reset_blockers
+from migkit.execution.interrupts import deferred_interrupts
+from migkit.execution.report import (
+    ApplyReport,
+    AssertResult,
+    GpuOutcome,
+    Progress,
+    describe_gpu,
+)
+from migkit.execution.trace import log_decisions, phase, traced
 from migkit.models import MIG_DISABLED, MIG_ENABLED, GpuState, Outcome
-from migkit.nvml.node import MigModeRequest, NodeLike
-from migkit.planning.plan import GpuPlan, plan_node
+from migkit.nvml.node import NodeLike
+from migkit.planning.plan import plan_node
 
 if TYPE_CHECKING:
     from migkit.checkpoint import Checkpoint
     from migkit.hooks import HookRunner
 
+from migkit.execution.steps import (
+    APPLIED,
+    FAILED,
+    NOT_ATTEMPTED,
+    PENDING,
+    UNCHANGED,
+    Run,
+    Unreadable,
+    apply_gpu,
+    finish_mode_changed,
+    fresh_snapshot,
+    headline,
+    mode_phase,
+    read_before_change,
+    refused_report,
+    replan_after_change,
+    run_parallel,
+    verify,
+)
+
 __all__ = ["apply", "assert_config", "restore", "verify"]
 
-UNCHANGED = Outcome.UNCHANGED
-APPLIED = Outcome.APPLIED
-RESTORED = Outcome.RESTORED
-FAILED = Outcome.FAILED
-NOT_ATTEMPTED = Outcome.NOT_ATTEMPTED
-PENDING = Outcome.PENDING
+
+class _ModeReads:
+    """A view of a node whose snapshots skip the profile tables of GPUs with MIG off.
+
+    Enough when no GPU the config covers is to have MIG on (``all-disabled``): the plans then
+    need each GPU's mode and, where MIG is on, its instances, which such a snapshot still
+    reads in full. On real hardware the tables are most of what a snapshot costs.
+    """
+
+    def __init__(self, node: NodeLike) -> None:
+        self._node = node
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._node, name)
+
+    def snapshot(self, *, tables: bool = True) -> tuple[GpuState, ...]:
+        return self._node.snapshot(tables=False)
 
 
-def _emit(progress: TextIO | None, text: str) -> None:
-    if progress is not None:
-        progress.write(text + "\n")
-        progress.flush()
-
-
-@attrs.define
-class _Run:
-    """One apply or restore in progress: the node, the stop flag, and per GPU what it was
-    before this run (what rollback brings back) and whether its mode was changed."""
-
-    node: NodeLike
-    stop: StopFlag
-    report: ApplyReport
-    progress: TextIO | None
-    parallel: bool
-    skip_reset: bool
-    before: dict[int, GpuState] = attrs.Factory(dict)
-    mode_changed: set[int] = attrs.Factory(set)
-    # per GPU, the instances this run may have created (rollback removes only those)
-    created: dict[int, frozenset[CreatedKey]] = attrs.Factory(dict)
-
-    def touch(self) -> None:
-        self.report.touched = True
-
-    def roll_back(self, gpu: GpuState, why: str, error: str | None = None) -> GpuOutcome:
-        """Bring the GPU back to its state before this run (mode included), from a fresh read."""
-        before = self.before.get(gpu.index, gpu)
-        result = restore_gpu(
-            self.node,
-            before,
-            allow_reset=not self.skip_reset,
-            created=self.created.get(gpu.index, frozenset()),
-        )
-        self.mode_changed.discard(gpu.index)
-        state = describe_gpu(result.state) if result.state is not None else ""
-        if result.ok:
-            return GpuOutcome(
-                gpu.index, gpu.name, RESTORED, f"{why}; previous layout restored", error, state
-            )
-        now = result.state
-        if now is not None and (now.mig_mode, now.pending_mig_mode) != (
-            before.mig_mode,
-            before.pending_mig_mode,
-        ):
-            self.mode_changed.add(gpu.index)
-        problems = "; ".join(result.problems) or "it is not at its previous layout"
-        return GpuOutcome(
-            gpu.index,
-            gpu.name,
-            FAILED,
-            f"{why}; could not restore the previous layout: {problems}",
-            error,
-            state,
-            mode_changed=gpu.index in self.mode_changed,
-        )
-
-
-def _fresh_snapshot(node: NodeLike, attempts: int = 3) -> tuple[GpuState, ...]:
-    """A snapshot taken after changes: a failed or incomplete read is retried (the GPUs were
-    just changed, and one failed read must not turn a done change into a lost one); the last
-    error is raised, or the last incomplete snapshot returned, when every try fails."""
-    error: MigkitError | None = None
-    gpus: tuple[GpuState, ...] | None = None
-    for _ in range(attempts):
-        try:
-            gpus = node.snapshot()
-        except MigkitError as err:
-            error = err
-            continue
-        if not any(g.unknown for g in gpus):
-            return gpus
-    if gpus is not None:
-        return gpus
-    assert error is not None
-    raise error
-
-
-class _Unreadable(Exception):
-    """The node could not be read before any change (the NVML error is the cause)."""
-
-
-def _read_before_change(node: NodeLike) -> tuple[GpuState, ...]:
+def _wants_mig(config: MigConfigFile, name: str | None) -> bool:
+    """Whether the selected config has an entry that enables MIG (or cannot be selected, which
+    the full path then reports). When it has none, no GPU's profile tables are needed."""
     try:
-        return node.snapshot()
-    except NvmlError as err:
-        raise _Unreadable(str(err)) from err
+        return any(entry.mig_enabled for entry in select(config, name).entries)
+    except MigkitError:
+        return True
 
 
-def _refused_report(report: ApplyReport, why: str) -> ApplyReport:
-    report.refused = True
-    report.error = f"refused: reading the node failed ({why}); nothing was changed"
-    return report
-
-
-def _replan_after_change(
-    node: NodeLike,
-    replan: Callable[[Sequence[GpuState]], Sequence[GpuTarget]],
-    attempts: int = 3,
-) -> Sequence[GpuTarget]:
-    """Read and plan the node again after a change. The config was valid on the read before
-    the change, so an error now is most likely a bad read: it is retried from a fresh read,
-    and the last error raised when every try fails."""
-    error: MigkitError | None = None
-    for _ in range(attempts):
-        try:
-            return replan(_fresh_snapshot(node))
-        except MigkitError as err:
-            error = err
-    assert error is not None
-    raise error
-
-
-def _mode_word(mode: int | None) -> str:
-    return "enabled" if mode else "disabled"
-
-
-def _change_mode(run: _Run, t: GpuTarget) -> GpuOutcome:
-    """Clear (when disabling) and set the MIG mode of one GPU; PENDING when a reset is due.
-
-    A failure, or a stop request between the two steps, brings the GPU back to its state
-    before the run: cleared instances are re-created, a changed mode is set back."""
-    node, gpu = run.node, t.gpu
-    if run.stop():
-        return GpuOutcome(gpu.index, gpu.name, NOT_ATTEMPTED, "interrupted before it started")
-    if t.desired_mode == MIG_DISABLED and gpu.mig_enabled and gpu.gpu_instances:
-        run.touch()
-        try:
-            execute_gpu(node, gpu, clear_actions(gpu), stop=run.stop)
-        except StepFailed as failure:
-            return run.roll_back(gpu, f"failed {failure.what}", _error_text(failure))
-        if run.stop():
-            return run.roll_back(gpu, "interrupted before setting the MIG mode")
-    now: int | None
-    if gpu.pending_mig_mode == t.desired_mode:
-        now = gpu.mig_mode
-    else:
-        run.touch()
-        (result,) = node.set_mig_mode([MigModeRequest(gpu.index, int(t.desired_mode or 0))])
-        if not result.ok:
-            return run.roll_back(gpu, "failed setting the MIG mode", str(result.error))
-        run.mode_changed.add(gpu.index)
-        now = result.mig_mode
-    word = _mode_word(t.desired_mode)
-    if now != t.desired_mode:
-        return GpuOutcome(
-            gpu.index, gpu.name, PENDING, f"MIG mode {word} after a GPU reset", mode_changed=True
-        )
-    return GpuOutcome(gpu.index, gpu.name, APPLIED, f"MIG mode {word}", mode_changed=True)
-
-
-def _error_text(failure: StepFailed) -> str | None:
-    return None if failure.error is None else str(failure.error)
-
-
-def _mode_phase(run: _Run, targets: Sequence[GpuTarget]) -> dict[int, GpuOutcome]:
-    """Change the MIG mode of exactly the GPUs whose mode differs, in parallel; then reset the
-    ones left pending (unless ``skip_reset``). Returns the outcomes of the GPUs that are
-    done with (failed, restored, not attempted); the others go on to the config phase."""
-    changing = [t for t in targets if not t.mode_matches]
-    outcomes = _run_parallel(lambda t: _change_mode(run, t), changing, run, mode_phase=True)
-    finished = {o.index: o for o in outcomes if o.status not in (APPLIED, PENDING)}
-    pending = [t.gpu for t, o in zip(changing, outcomes, strict=True) if o.status == PENDING]
-    if pending and not run.skip_reset and not run.stop():
-        _emit(run.progress, "resetting " + ", ".join(f"GPU {g.index}" for g in pending))
-        run.touch()
-        try:
-            reset_gpus(run.node, pending)
-        except ResetFailed as err:
-            for gpu in pending:
-                finished[gpu.index] = run.roll_back(gpu, "the GPU reset failed", str(err))
-        else:
-            run.mode_changed.update(g.index for g in pending)
-    return finished
-
-
-def _apply_gpu(run: _Run, target: GpuTarget) -> GpuOutcome:
-    gpu = target.gpu
-    if run.stop():
-        if gpu.index in run.mode_changed:
-            return run.roll_back(gpu, "interrupted after its MIG mode was changed")
-        return GpuOutcome(gpu.index, gpu.name, NOT_ATTEMPTED, "interrupted before it started")
-    actions = target.actions()
-    if actions.empty:
-        return GpuOutcome(gpu.index, gpu.name, UNCHANGED)
-    kept = len(gpu.gpu_instances) - len(actions.destroy_gis) if gpu.mig_enabled else 0
-    detail = (
-        f"GPU instances: {kept} kept, {len(actions.destroy_gis)} destroyed, {len(actions.create_gis)} created; "
-        f"compute instances: {len(actions.destroy_cis)} destroyed, {len(actions.create_cis)} created"
-    )
-    run.touch()
-    try:
-        execute_gpu(run.node, gpu, actions, stop=run.stop)
-    except StepFailed as failure:
-        run.created[gpu.index] = frozenset(failure.journal.maybe_created)
-        why = failure.what if failure.interrupted else f"failed {failure.what}"
-        return run.roll_back(gpu, why, _error_text(failure))
-    except MigkitError as err:
-        return run.roll_back(gpu, "could not change the GPU", str(err))
-    return GpuOutcome(gpu.index, gpu.name, APPLIED, detail)
-
-
-def _run_parallel(
-    func: Callable[[GpuTarget], GpuOutcome],
-    targets: Sequence[GpuTarget],
-    run: _Run,
-    *,
-    mode_phase: bool = False,
-) -> list[GpuOutcome]:
-    """One worker thread per GPU; returns when every worker has finished (never earlier:
-    the node lock and NVML must outlive every change)."""
-    outcomes: dict[int, GpuOutcome] = {}
-    lock = threading.Lock()
-
-    def work(t: GpuTarget) -> None:
-        try:
-            outcome = func(t)
-        except Exception as err:  # a thread must always report its GPU, whatever went wrong
-            outcome = GpuOutcome(t.gpu.index, t.gpu.name, FAILED, "could not change the GPU", str(err))
-        with lock:
-            outcomes[t.gpu.index] = outcome
-            if mode_phase and outcome.status in (APPLIED, PENDING):
-                _emit(run.progress, f"GPU {outcome.index}: {outcome.detail}")
-            elif outcome.status != UNCHANGED:
-                _emit(run.progress, outcome.line())
-
-    if run.parallel and len(targets) > 1:
-        threads = [
-            threading.Thread(target=work, args=(t,), name=f"migkit-gpu{t.gpu.index}")
-            for t in targets
-        ]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-    else:
-        for t in targets:
-            work(t)
-    return [outcomes[t.gpu.index] for t in targets]
-
-
-def _planned_signature(plan: GpuPlan) -> list[tuple[Any, ...]] | None:
-    if plan.layout is None:
-        return None
-    return sorted(
-        gi_signature(gi.profile_id, gi.start, gi.size, gi.compute_instances)
-        for gi in plan.layout.instances
-    )
-
-
-def _gpu_signature(gpu: GpuState) -> list[tuple[Any, ...]]:
-    return sorted(
-        gi_signature(gi.profile_id, gi.start, gi.size, gi.compute_instances)
-        for gi in gpu.gpu_instances
-    )
-
-
-def verify(
-    targets: Sequence[GpuTarget],
-    after: Sequence[GpuState],
-    outcomes: list[GpuOutcome],
-    *,
-    mode_only: bool,
-) -> None:
-    """Re-read state must equal the plan; a mismatch turns the GPU's outcome into a failure."""
-    by_index = {g.index: g for g in after}
-    for outcome, target in zip(outcomes, targets, strict=True):
-        gpu = by_index.get(target.gpu.index)
-        if gpu is None:
-            outcome.status, outcome.error = FAILED, "the GPU is gone after the change"
-            continue
-        outcome.state = describe_gpu(gpu)
-        if target.desired_mode is None or outcome.status in (
-            FAILED,
-            RESTORED,
-            NOT_ATTEMPTED,
-            PENDING,
-        ):
-            continue
-        ok, why = matches(attrs.evolve(target, gpu=gpu), mode_only=mode_only, check_plan=False)
-        if (
-            ok
-            and not mode_only
-            and target.plan is not None
-            and target.desired_mode == MIG_ENABLED
-            and outcome.status == APPLIED
-            and _gpu_signature(gpu) != _planned_signature(target.plan)
-        ):
-            ok, why = False, "instances are not at the planned placements"
-        if not ok:
-            outcome.status, outcome.error = FAILED, f"verification failed: {why}"
+def _reads_for(node: NodeLike, config: MigConfigFile, name: str | None) -> NodeLike:
+    """``node``, or a view of it that reads only modes when the config enables MIG nowhere."""
+    if _wants_mig(config, name):
+        return node
+    return cast("NodeLike", _ModeReads(node))  # forwards every member it does not override
 
 
 def _refuse_if_read_only(targets: Sequence[GpuTarget]) -> None:
@@ -397,20 +151,8 @@ def _runner(
     return HookRunner(hooks, flag_env, debug=options_debug, inherit_env=inherit)
 
 
-def _finish_mode_changed(run: _Run, targets: Sequence[GpuTarget], outcomes: list[GpuOutcome]) -> None:
-    """A GPU whose mode this run changed counts as changed: an UNCHANGED config phase on it
-    is reported APPLIED with the mode change, and an APPLIED one names the mode too."""
-    for outcome, t in zip(outcomes, targets, strict=True):
-        if t.gpu.index not in run.mode_changed or outcome.status not in (UNCHANGED, APPLIED):
-            continue
-        mode = f"MIG mode {_mode_word(t.gpu.mig_mode)}"
-        outcome.mode_changed = True
-        outcome.detail = mode if outcome.status == UNCHANGED else f"{mode}; {outcome.detail}"
-        outcome.status = APPLIED
-
-
 def _converge(
-    run: _Run,
+    run: Run,
     targets: Sequence[GpuTarget],
     replan: Callable[[Sequence[GpuState]], Sequence[GpuTarget]],
     *,
@@ -422,9 +164,10 @@ def _converge(
     finished: dict[int, GpuOutcome] = {}
     if not all(t.mode_matches for t in targets):
         runner.run("pre-apply-mode")
-        finished = _mode_phase(run, targets)
+        with phase("mode change"):
+            finished = mode_phase(run, targets)
         try:
-            targets = _replan_after_change(node, replan)
+            targets = replan_after_change(node, replan)
         except MigkitError as err:
             # Nothing can be planned from here: bring back every GPU whose mode changed.
             why = "the node could not be read or planned again after the mode change"
@@ -477,7 +220,9 @@ def _converge(
         todo = [t for t in active if t.desired_mode is not None and not matches(t)[0]]
         if todo and not run.stop():
             runner.run("pre-apply-config")
-        results = {o.index: o for o in _run_parallel(lambda t: _apply_gpu(run, t), todo, run)}
+        with phase("instance changes"):
+            changed = run_parallel(lambda t: apply_gpu(run, t), todo, run)
+        results = {o.index: o for o in changed}
         outcomes = [
             results.get(t.gpu.index)
             or GpuOutcome(
@@ -491,15 +236,16 @@ def _converge(
         for i, (o, t) in enumerate(zip(outcomes, active, strict=True)):
             if t.gpu.index in run.mode_changed and o.status == UNCHANGED and not matches(t)[0]:
                 outcomes[i] = run.roll_back(t.gpu, "interrupted after its MIG mode was changed")
-    _finish_mode_changed(run, active, outcomes)
-    try:
-        after = _fresh_snapshot(node)
-    except MigkitError as err:
-        for o, t in zip(outcomes, active, strict=True):
-            if t.desired_mode is not None and o.status in (APPLIED, UNCHANGED):
-                o.status, o.error = FAILED, f"could not read it back: {err}"
-    else:
-        verify(active, after, outcomes, mode_only=mode_only)
+    finish_mode_changed(run, active, outcomes)
+    with phase("verification"):
+        try:
+            after = fresh_snapshot(node)
+        except MigkitError as err:
+            for o, t in zip(outcomes, active, strict=True):
+                if t.desired_mode is not None and o.status in (APPLIED, UNCHANGED):
+                    o.status, o.error = FAILED, f"could not read it back: {err}"
+        else:
+            verify(active, after, outcomes, mode_only=mode_only)
     done = {o.index: o for o in outcomes}
     done.update(finished)
     report.outcomes.extend(done[t.gpu.index] for t in targets)
@@ -515,7 +261,7 @@ def _orchestrate(
     skip_reset: bool,
     parallel: bool,
     report: ApplyReport,
-    progress: TextIO | None,
+    progress: Progress | None,
 ) -> ApplyReport:
     from migkit.hooks import HookError
 
@@ -524,9 +270,10 @@ def _orchestrate(
     with deferred_interrupts() as stop, node_lock(
         lock_path(node), private_directory=node.state_file is None
     ):
-        run = _Run(node, stop, report, progress, parallel, skip_reset)
+        run = Run(node, stop, report, progress, parallel, skip_reset)
         try:
-            _locked(run, replan, runner, mode_only=mode_only)
+            with phase("total, under the node lock"):
+                _locked(run, replan, runner, mode_only=mode_only)
         except HookError as err:
             report.error = str(err)
         finally:
@@ -535,7 +282,7 @@ def _orchestrate(
 
 
 def _locked(
-    run: _Run,
+    run: Run,
     replan: Callable[[Sequence[GpuState]], Sequence[GpuTarget]],
     runner: HookRunner,
     *,
@@ -546,16 +293,18 @@ def _locked(
     report = run.report
     # Plan again now that this apply holds the node: another one may have finished
     # between the first look and taking the lock.
-    try:
-        gpus = _read_before_change(run.node)
-    except _Unreadable as err:
-        _refused_report(report, str(err))
-        return
-    targets = replan(gpus)
+    with phase("read and plan"):
+        try:
+            gpus = read_before_change(run.node)
+        except Unreadable as err:
+            refused_report(report, str(err))
+            return
+        targets = replan(gpus)
     unreadable = _unreadable(targets)
     if unreadable:
         _refuse_unreadable(report, targets, unreadable)
         return
+    log_decisions(targets, mode_only=mode_only)
     run.before = {g.index: g for g in gpus}
     if run.stop():
         return
@@ -586,7 +335,7 @@ def apply(
     skip_reset: bool = False,
     hooks_file: str | None = None,
     strict_coverage: bool = False,
-    progress: TextIO | None = None,
+    progress: Progress | TextIO | None = None,
     debug: bool = False,
     inherit_env: bool = False,
     parallel: bool = True,
@@ -598,20 +347,24 @@ def apply(
     (nothing changed) for a config that cannot be applied here, and
     :class:`~migkit.errors.ApplyError` when another apply holds the node; failures while
     changing GPUs are in the returned report (``report.ok``, ``report.exit_code``). With
-    ``dry_run`` nothing is changed and the report carries the plan. ``progress`` receives a
-    line per GPU as each finishes. ``config_file`` is the path hooks see as
+    ``dry_run`` nothing is changed and the report carries the plan. ``progress`` (a
+    :class:`~migkit.execution.report.Progress`, or a stream for plain lines) receives a first
+    line saying what will happen, then each GPU step as it finishes. ``config_file`` is the path hooks see as
     ``MIG_PARTED_CONFIG_FILE`` (default: the file ``config`` was loaded from).
     """
     from migkit.hooks import apply_flag_env
 
-    report = ApplyReport(streamed=progress is not None)
+    shown = Progress.of(progress)
+    node = traced(node)
+    report = ApplyReport(streamed=shown is not None)
     if dry_run:
         gpus = node.snapshot()
     else:
+        node = _reads_for(node, config, name)
         try:
-            gpus = _read_before_change(node)
-        except _Unreadable as err:
-            return _refused_report(report, str(err))
+            gpus = read_before_change(node)
+        except Unreadable as err:
+            return refused_report(report, str(err))
     if dry_run:
         node_plan = plan_node(config, name, gpus, strict_coverage=strict_coverage)
         node_plan.raise_for_errors()  # an infeasible config is an error, dry run or not
@@ -652,6 +405,11 @@ def apply(
     def replan(now: Sequence[GpuState]) -> Sequence[GpuTarget]:
         return plan_targets(config, name, now, strict_coverage=strict_coverage)[0]
 
+    if shown is not None:
+        from migkit.config import select
+
+        chosen = name if name is not None else select(config, None).name
+        shown.begin(*headline("Applying", f"config {chosen}", targets, mode_only=mode_only))
     return _orchestrate(
         node,
         targets,
@@ -661,7 +419,7 @@ def apply(
         skip_reset=skip_reset,
         parallel=parallel,
         report=report,
-        progress=progress,
+        progress=shown,
     )
 
 
@@ -675,7 +433,7 @@ def assert_config(
     valid_only: bool = False,
 ) -> AssertResult:
     """Whether the node already matches; with ``valid_only``, whether the config can be applied here."""
-    gpus = node.snapshot()
+    gpus = _reads_for(traced(node), config, name).snapshot()
     try:
         targets, warnings = plan_targets(config, name, gpus, strict_coverage=strict_coverage)
     except MigkitError:
@@ -685,6 +443,7 @@ def assert_config(
             f"GPU {g.index}: its state is unknown: {'; '.join(g.unknown)}" for g in gpus if g.unknown
         )
         return AssertResult(False, unknown, warnings, valid_only=valid_only)
+    log_decisions(targets, mode_only=mode_only)
     if valid_only:
         unknown = tuple(
             f"GPU {t.gpu.index}: its state is unknown: {'; '.join(t.gpu.unknown)}"
@@ -719,17 +478,21 @@ def restore(
     skip_reset: bool = False,
     hooks_file: str | None = None,
     checkpoint_file: str | None = None,
-    progress: TextIO | None = None,
+    progress: Progress | TextIO | None = None,
     debug: bool = False,
     parallel: bool = True,
 ) -> ApplyReport:
     """Make the node match a checkpoint exactly (placements included); GPUs not in it are untouched."""
     from migkit.hooks import restore_flag_env
 
+    shown = Progress.of(progress)
+    node = traced(node)
     try:
-        gpus = _read_before_change(node)
-    except _Unreadable as err:
-        return _refused_report(ApplyReport(streamed=progress is not None), str(err))
+        gpus = read_before_change(node)
+    except Unreadable as err:
+        return refused_report(
+            ApplyReport(streamed=shown is not None, restore=True), str(err)
+        )
 
     def targets_for(now: Sequence[GpuState]) -> Sequence[GpuTarget]:
         by_uuid = {g.uuid: g for g in saved.gpus}
@@ -756,7 +519,7 @@ def restore(
             f"the checkpoint names GPUs this node does not have: {', '.join(missing)}",
             file=checkpoint_file,
         )
-    report = ApplyReport(streamed=progress is not None)
+    report = ApplyReport(streamed=shown is not None, restore=True)
     unreadable = _unreadable(targets_for(gpus))
     if unreadable:
         _refuse_unreadable(report, targets_for(gpus), unreadable)
@@ -765,6 +528,9 @@ def restore(
     runner = _runner(
         hooks_file, restore_flag_env(checkpoint_file, hooks_file, mode_only), debug, False
     )
+    if shown is not None:
+        what = f"checkpoint {checkpoint_file}" if checkpoint_file else "the checkpoint"
+        shown.begin(*headline("Restoring", what, targets_for(gpus), mode_only=mode_only))
     return _orchestrate(
         node,
         targets_for(gpus),
@@ -774,5 +540,5 @@ def restore(
         skip_reset=skip_reset,
         parallel=parallel,
         report=report,
-        progress=progress,
+        progress=shown,
     )

@@ -32,6 +32,7 @@ class Cluster:
     requests: int = 0
     core: Any = attrs.field(init=False)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _watches: set[Any] = attrs.field(init=False, factory=set)  # open watch streams
 
     def __attrs_post_init__(self) -> None:
         self.core = client.CoreV1Api(self.api_client)
@@ -84,6 +85,7 @@ class Cluster:
             allow_watch_bookmarks=True, timeout_seconds=timeout_seconds, _preload_content=False,
             _request_timeout=(self.request_timeout, timeout_seconds + 15),
         )
+        self._watches.add(resp)
         try:
             buffer = b""
             for chunk in resp.stream(65536, decode_content=True):
@@ -100,7 +102,14 @@ class Cluster:
                         raise KubeError(f"watch nodes: {obj.get('message', obj)}", obj.get("code"))
                     yield kind, obj
         finally:
+            self._watches.discard(resp)
             resp.release_conn()
+
+    def close_watches(self) -> None:
+        """Close every open watch stream, so a thread reading one returns at once."""
+        for resp in list(self._watches):
+            with contextlib.suppress(Exception):
+                resp.close()
 
     def read_node(self, name: str) -> dict[str, Any]:
         return self.call(f"read node {name}", lambda: self._json(self.core.read_node, name))
@@ -251,9 +260,14 @@ class NodeTracker:
                     return
 
     def close(self) -> None:
+        """Stop the watch thread and wait for it (briefly): a thread still inside an HTTP read
+        when the interpreter shuts down can abort the process."""
         self.stop.set()
         with self._changed:
             self._changed.notify_all()
+        self.cluster.close_watches()
+        if self._thread is not None:
+            self._thread.join(10)
 
 
 __all__ = ["Cluster", "KubeError", "NodeTracker"]

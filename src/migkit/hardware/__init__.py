@@ -15,12 +15,12 @@ from __future__ import annotations
 import functools
 import json
 from importlib import resources
-from typing import Any, TypedDict
+from typing import Any
 
 import attrs
 
 from migkit.errors import UnknownModelError
-from migkit.models import ARCH_HOPPER, ComputeProfile, GpuModel, GpuState, Placement, Profile
+from migkit.models import ARCH_HOPPER, ComputeProfile, EngineCounts, GpuModel, GpuState, Placement, Profile
 from migkit.names import canonical_from_nvml
 
 # Compute-instance profiles by GI compute-slice count G: (CI profile id/index, C, instances,
@@ -42,15 +42,7 @@ _CI_RULES: dict[int, tuple[tuple[int, int, int, tuple[int, ...]], ...]] = {
 _CI_REV1 = 7  # CI 1_SLICE_REV1: the full-SM CI of a 1g GI with twice the memory (Hopper+)
 
 
-class _Engines(TypedDict):
-    copy_engines: int
-    decoders: int
-    encoders: int
-    jpegs: int
-    ofas: int
-
-
-def _engines(profile: Profile) -> _Engines:
+def _engines(profile: Profile) -> EngineCounts:
     """A GPU instance's copy and media engines, which each of its compute instances shares."""
     return {
         "copy_engines": profile.copy_engines,

@@ -16,6 +16,7 @@ from migkit.models import (
     GI_INDEX_NAMES,
     ComputeInstance,
     ComputeProfile,
+    EngineCounts,
     GpuInstance,
     Placement,
     Profile,
@@ -168,6 +169,12 @@ _GI_SIZE: int = ffi.sizeof("shim_gi_t")
 _CI_SIZE: int = ffi.sizeof("shim_ci_t")
 
 
+def _engines(record: Sequence[Any], first: int) -> EngineCounts:
+    """The five engine counts of an unpacked record, from field ``first`` on (see ``_ENGINES``)."""
+    copy_engines, decoders, encoders, jpegs, ofas = record[first : first + 5]
+    return {"copy_engines": copy_engines, "decoders": decoders, "encoders": encoders, "jpegs": jpegs, "ofas": ofas}
+
+
 def text(raw: bytes) -> str:
     return raw.partition(b"\0")[0].decode("utf-8", "replace")
 
@@ -280,11 +287,7 @@ def build_profiles(buf: Any, base: int, n_profiles: int, n_ci_profiles: int, mem
                     multiprocessors=c[5],
                     placements=_placement_list(c[_C_PLACEMENTS : _C_PLACEMENTS + 2 * c[11]]),
                     nvml_name=cnvml,
-                    copy_engines=c[6],
-                    decoders=c[7],
-                    encoders=c[8],
-                    jpegs=c[9],
-                    ofas=c[10],
+                    **_engines(c, 6),
                 )
             )
         computes.sort(key=_compute_profile_order)
@@ -300,11 +303,7 @@ def build_profiles(buf: Any, base: int, n_profiles: int, n_ci_profiles: int, mem
                 multiprocessors=r[6],
                 placements=placements,
                 nvml_name=nvml_name,
-                copy_engines=r[7],
-                decoders=r[8],
-                encoders=r[9],
-                jpegs=r[10],
-                ofas=r[11],
+                **_engines(r, 7),
                 capabilities=r[12],
                 compute_profiles=tuple(computes),
             )
@@ -334,11 +333,7 @@ def build_instances(buf: Any, base: int, n_gis: int, n_cis: int, table: ProfileT
                 uuid=text(c[15]),
                 memory_mib=c[14],
                 multiprocessors=c[6],
-                copy_engines=c[7],
-                decoders=c[8],
-                encoders=c[9],
-                jpegs=c[10],
-                ofas=c[11],
+                **_engines(c, 7),
                 pids=_pids(c),
             )
             for c in records
