@@ -6,6 +6,7 @@ raise :class:`migkit.agent.kube.KubeError` at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
