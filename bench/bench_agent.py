@@ -24,12 +24,12 @@ import time
 from typing import Any
 
 HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests" / "agent"))
+sys.path[:0] = [str(HERE.parent / "tests" / "agent"), str(HERE.parent / "tests")]
 
 from agent_kit import STATE, Agent, generated_config, set_label  # noqa: E402
-from k8s_control_plane import ControlPlane  # noqa: E402
 from kubernetes import client, config  # noqa: E402
 
+from k8s_control_plane import ControlPlane  # noqa: E402
 from migkit import simulator  # noqa: E402
 
 RESULTS = HERE / "results"

@@ -17,7 +17,7 @@ exits 0.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import os
 import pathlib
@@ -75,19 +75,17 @@ def request_counts(plane: Any) -> dict[str, float]:
 
 
 def load_agent_fixtures() -> Any:
-    sys.path.insert(0, str(AGENT_TESTS))
-    spec = importlib.util.spec_from_file_location("agent_test_fixtures", AGENT_TESTS / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The tests' shared control-plane module (the manifests of deploy/ and how to apply them)."""
+    sys.path[:0] = [str(AGENT_TESTS), str(AGENT_TESTS.parent)]
+    return importlib.import_module("k8s_cluster")
 
 
 class Bench:
     def __init__(self, assets: str, workdir: pathlib.Path, processes: int) -> None:
         fixtures = load_agent_fixtures()
-        from k8s_control_plane import ControlPlane
         from kubernetes import client, config
+
+        from k8s_control_plane import ControlPlane
 
         self.client = client
         self.workdir = workdir

@@ -323,10 +323,13 @@ class Agent:
         self.args = list(args or [])
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> Agent:
+    def start(self, *, wait_ready: bool = True) -> Agent:
+        """Start the process; with ``wait_ready``, return once its /readyz answers 200."""
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "migkit", "agent", *self.args], env=self.env,
                                          stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir)
+        if not wait_ready:
+            return self
         wait_for("the agent's /readyz", lambda: self.get("/readyz")[0] == 200 or self._died(), timeout=60)
         assert self.proc.poll() is None, self.log()
         return self

@@ -9,7 +9,7 @@ import pytest
 from agent_kit import ROOT
 from kubernetes import client  # type: ignore[import-untyped]
 
-from conftest import manifest_documents
+from k8s_cluster import manifest_documents
 
 SA = "system:serviceaccount:gpu-operator:migkit-agent"
 
@@ -45,7 +45,7 @@ DENIED = [
 
 def test_every_manifest_is_applied(cluster: dict[str, Any]) -> None:
     """Each document of deploy/ passed a server-side dry run and was then created."""
-    from conftest import MANIFESTS
+    from k8s_cluster import MANIFESTS
 
     assert sorted(MANIFESTS) == sorted(p.name for p in (ROOT / "deploy").glob("*.yaml"))
     docs = manifest_documents()

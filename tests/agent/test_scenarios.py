@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from agent_kit import (
@@ -492,7 +493,7 @@ def test_a_rebooting_state_that_cannot_be_written_means_no_reboot(
     labels restored. (A ValidatingAdmissionPolicy refuses that one write.)"""
     import yaml
 
-    from conftest import server_side_apply
+    from k8s_cluster import server_side_apply
 
     node = make_node(spec="2xa100-80gb")
     docs = [d for d in yaml.safe_load_all(REBOOTING_DENIED.replace("NODE", node.name))]
@@ -533,23 +534,98 @@ def _refused(core: Any, node: str) -> bool:
 def test_per_node_config_map_follows_the_hardware(
     cluster: dict[str, Any], core: Any, make_node: Any, agents: list[Agent]
 ) -> None:
-    """Without CONFIG_FILE the agent runs and publishes this node's generated config in
-    `<node>-mig-config`, and rewrites it when the GPUs change."""
+    """Without CONFIG_FILE the agent publishes `<node>-mig-config` at start, before any label:
+    this node's generated config, its GPU count and each GPU's model; it rewrites them when
+    the GPUs change, and owns the ConfigMap through its Pod."""
     node = make_node()
     rec = node.operator()
     agent = Agent(node.workdir, node.name, cluster["kubeconfig"], node.state)
     agents.append(agent.start())
+    name = f"{node.name}-mig-config"
+    data = wait_for("the ConfigMap at start", lambda: config_map_data(core, name))
+    assert CONFIG not in node_labels(core, node.name)
+    assert data["gpu-count"] == "8" and data["gpu-models"] == ",".join(["h100-80gb"] * 8)
+    assert data["config.yaml"] == node.config.read_text()  # what `migkit generate-config` prints
+    owner = core.read_namespaced_config_map(name, NAMESPACE).metadata.owner_references[0]
+    assert (owner.kind, owner.name) == ("Pod", f"migkit-agent-{node.name}")
     mark = rec.mark()
     set_label(core, node.name, "all-disabled")
     wait_terminal(rec, mark, want="success")
-    name = f"{node.name}-mig-config"
-    assert "1g.10gb" in core.read_namespaced_config_map(name, NAMESPACE).data["config.yaml"]
-    simulator.write_state(node.state, "8xh200-141gb")  # the node's GPUs were replaced
+    simulator.write_state(node.state, "4xh200-141gb")  # the node's GPUs were replaced
     mark = rec.mark()
     core.patch_node(node.name, {"metadata": {"annotations": {RETRY: "hardware"}}})
-    wait_for("the new config", lambda: "1g.18gb" in core.read_namespaced_config_map(name, NAMESPACE).data[
-        "config.yaml"])
+    data = wait_for("the new config", lambda: (config_map_data(core, name) or {}).get("gpu-count") == "4"
+                    and config_map_data(core, name))
+    assert "1g.18gb" in data["config.yaml"] and data["gpu-models"] == ",".join(["h200-141gb"] * 4)
     set_label(core, node.name, "all-1g.18gb")
     wait_terminal(rec, mark, want="success")
-    assert layout(node.state) == [(1, ("1g.18gb",) * 7)] * 8
+    assert layout(node.state) == [(1, ("1g.18gb",) * 7)] * 4
     assert agent.stop() == 0
+
+
+def config_map_data(core: Any, name: str) -> dict[str, str] | None:
+    """The data of ConfigMap ``name`` in the agent's namespace; None while it does not exist."""
+    try:
+        return dict(core.read_namespaced_config_map(name, NAMESPACE).data or {})
+    except client.ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+
+
+DEFAULT_CONFIG = """\
+version: v1
+mig-configs:
+  all-disabled:
+    - devices: all
+      mig-enabled: false
+  site-default:
+    - devices: all
+      mig-enabled: false
+"""
+
+
+def without_profiles(state_file: Any) -> None:
+    """Make the simulated GPUs list no MIG profiles (as R535 does with MIG disabled)."""
+    lines = Path(state_file).read_text().splitlines(keepends=True)
+    Path(state_file).write_text("".join(line for line in lines if not line.startswith(("gip ", "cip "))))
+
+
+def test_default_config_file_when_the_nodes_profiles_cannot_be_listed(
+    cluster: dict[str, Any], core: Any, make_node: Any, agents: list[Agent]
+) -> None:
+    """generate-config fails (GPUs without MIG, or MIG GPUs that list no profiles): the agent
+    uses DEFAULT_CONFIG_FILE. A config only that file names reaches `success` untouched on both
+    nodes; a generated name it lacks fails naming the file. Each ConfigMap, published at start,
+    names the GPUs and holds no generated config."""
+    l40s = make_node(spec="2xl40s")
+    bare = make_node(spec="1xh100-80gb")
+    without_profiles(bare.state)
+    recorders = {}
+    for node in (l40s, bare):
+        default = node.workdir / "config-default.yaml"
+        default.write_text(DEFAULT_CONFIG)
+        recorders[node.name] = node.operator()
+        agents.append(Agent(node.workdir, node.name, cluster["kubeconfig"], node.state,
+                            env={"DEFAULT_CONFIG_FILE": str(default)}).start())
+    for node, models in ((l40s, "l40s,l40s"), (bare, "h100-80gb")):
+        data = wait_for("the ConfigMap at start", lambda n=node: config_map_data(core, f"{n.name}-mig-config"))
+        assert data["gpu-models"] == models and "config.yaml" not in data, data
+
+    for node in (l40s, bare):
+        rec = recorders[node.name]
+        mark = rec.mark()
+        set_label(core, node.name, "site-default")
+        wait_terminal(rec, mark, want="success")
+        assert not was_paused(rec.labels_seen(), mark) and mutations(node.state) == 0
+        assert events(core, node.name)[-1][1:] == ("MigConfigApplied", "MIG config 'site-default' already "
+                                                                         "applied; nothing changed")
+    rec = recorders[l40s.name]
+    mark = rec.mark()
+    set_label(core, l40s.name, "all-balanced")  # a generated name: not in the default file
+    wait_terminal(rec, mark, want="failed")
+    message = events(core, l40s.name)[-1][2]
+    assert str(l40s.workdir / "config-default.yaml") in message and "is not in the file" in message, message
+    assert agents[0].log().count("using the default config file") == 2
+    assert "no MIG profiles discovered" in agents[1].log()
+

@@ -4,13 +4,12 @@ simulated fleets whose agents run in harness processes (``python -m migkit.fleet
 the rollout as a real ``migkit rollout`` process, and a recorder of every change the API
 server reports for a fleet's nodes.
 
-There is no conftest.py here: the agent tests import their conftest by module name, which a
-second conftest would shadow. A test module imports the fixtures it uses from here."""
+The control plane and the cluster are the session's (tests/conftest.py, shared with the agent
+tests: one API server for both). A test module imports ``harness`` from here."""
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -159,8 +158,9 @@ class Harness:
         self.outcome_files: list[Path] = []
 
     def fleet(self, name: str, groups: Sequence[tuple[int, str]], *, faults: Mapping[int, str] | None = None,
-              initial_config: str = "all-disabled") -> Fleet:
-        """Make (once) a fleet of ``groups`` [(count, model)], 8 GPUs a node, node i with fault i."""
+              initial_config: str | None = "all-disabled", labels: Mapping[str, str] | None = None) -> Fleet:
+        """Make (once) a fleet of ``groups`` [(count, model)], 8 GPUs a node, node i with fault i,
+        labelled ``initial_config`` (None: no MIG config label at all) and ``labels``."""
         if name in self.fleets:
             return self.fleets[name]
         tag = uuid.uuid4().hex[:6]
@@ -175,16 +175,29 @@ class Harness:
             models.update({n: model for n in names})
             index += count
         for sim in sims:
-            labels = node_labels(models[sim.name], 8, {FLEET_LABEL: name, "kubernetes.io/hostname": sim.name,
-                                                      CONFIG: initial_config})
-            self.core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=sim.name, labels=labels)))
+            extra = {FLEET_LABEL: name, "kubernetes.io/hostname": sim.name, **(labels or {})}
+            if initial_config is not None:
+                extra[CONFIG] = initial_config
+            node = client.V1Node(metadata=client.V1ObjectMeta(name=sim.name, labels=node_labels(
+                models[sim.name], 8, extra)))
+            self.core.create_node(node)
         fleet = Fleet(self, name, sims, models)
         self._start(fleet)
         self.fleets[name] = fleet
+        if initial_config is None:
+            # No label, no run: each agent's ConfigMap, published at its start, is the sign of life.
+            wait_for(f"fleet {name}'s ConfigMaps", lambda: all(
+                f"{n}-mig-config" in self.config_maps() for n in fleet.names), 60)
+            return fleet
         fleet.wait_settled()
         # The agents record a run just after writing its state: wait for the first run of each.
         wait_for(f"fleet {name}'s first runs recorded", lambda: all(fleet.runs(n) >= 1 for n in fleet.names), 60)
         return fleet
+
+    def config_maps(self) -> dict[str, dict[str, str]]:
+        """The agents' ConfigMaps' data, by name."""
+        items = self.core.list_namespaced_config_map(NAMESPACE, label_selector="app.kubernetes.io/managed-by").items
+        return {cm.metadata.name: dict(cm.data or {}) for cm in items}
 
     def _start(self, fleet: Fleet) -> None:
         spec = self.workdir / f"{fleet.name}.json"
@@ -256,20 +269,6 @@ def until(what: str, predicate: Callable[[], Any], timeout: float = 60.0) -> Any
     return wait_for(what, predicate, timeout)
 
 
-def _agent_fixtures() -> Any:
-    """The agent tests' conftest, loaded under its own name so its fixtures serve here too."""
-    spec = importlib.util.spec_from_file_location("agent_test_fixtures", AGENT_TESTS / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_agent = _agent_fixtures()
-control_plane = _agent.control_plane
-cluster = _agent.cluster
-
-
 @pytest.fixture(scope="module")
 def harness(cluster: dict[str, Any], control_plane: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         Harness]:
@@ -282,6 +281,6 @@ def harness(cluster: dict[str, Any], control_plane: Any, tmp_path_factory: pytes
 
 
 __all__ = [
-    "CONFIG", "FAULT", "NAMESPACE", "ROOT", "STATE", "Fleet", "Harness", "Recorder", "cluster", "config",
-    "control_plane", "harness", "time", "until",
+    "CONFIG", "FAULT", "NAMESPACE", "ROOT", "STATE", "Fleet", "Harness", "Recorder", "config",
+    "harness", "time", "until",
 ]

@@ -16,6 +16,7 @@ from migkit.fleet.fit import (
     fit_problem,
     fitting_configs,
     inventory_from_labels,
+    inventory_from_published,
     product_value,
 )
 from migkit.generate import generate_config
@@ -104,3 +105,45 @@ def test_one_problem_on_every_gpu_is_said_once() -> None:
                           inventory_from_labels(labels_of(a100, 8)))
     assert problem is not None and problem.count("is not a MIG profile") == 1
     assert "GPU 0,1,2,3,4,5,6,7 " in problem
+
+
+def published(*models: str, count: int | None = None) -> dict[str, str]:
+    """A ConfigMap's data as the agent writes it for GPUs of these bundled models."""
+    return {"gpu-count": str(len(models) if count is None else count), "gpu-models": ",".join(models)}
+
+
+def test_the_gpus_the_agent_read_win_over_single_strategy_labels() -> None:
+    """Under the single strategy gpu.count counts MIG devices; the agent's gpu-count and
+    gpu-models give the real GPUs, so a config naming GPU indices is checked on them."""
+    single = labels_of(gpu_model("h100-80gb"), 56, "-MIG-1g.10gb")
+    inv = inventory_from_published(published(*["h100-80gb"] * 8), single)
+    assert inv.count == 8 and inv.describe() == "8x h100-80gb"
+    split = load_config(config_with({"3g.40gb": 2}, devices="0, 1, 2, 3"), name="f")
+    assert fit_problem(split, "wanted", inv) is None
+    assert "names GPU indices" in (fit_problem(split, "wanted", inventory_from_labels(single)) or "")
+    # Without the agent's keys (an older agent) the labels still decide.
+    assert inventory_from_published({"config.yaml": "x"}, single).count is None
+
+
+def test_a_mixed_node_is_planned_gpu_by_gpu() -> None:
+    """Each GPU is planned as its own model, in index order: an index naming the L40S with
+    MIG enabled is a reason; the A100 alone fits."""
+    inv = inventory_from_published(published("a100-40gb", "l40s"), {})
+    assert inv.describe() == "1x a100-40gb + 1x l40s" and inv.model.name == "a100-40gb"
+    assert fit_problem(load_config(config_with({"3g.20gb": 2}, devices="0"), name="f"), "wanted", inv) is None
+    problem = fit_problem(load_config(config_with({"3g.20gb": 2}, devices="1"), name="f"), "wanted", inv)
+    assert problem is not None and "GPU 1 does not support MIG" in problem
+
+
+@pytest.mark.parametrize("data, why", [
+    (published("h100-80gb", "unknown"), "GPU 1 matches none of migkit's hardware tables"),
+    (published("h100-80gb", "h999-1tb"), "GPU 1 is a 'h999-1tb'"),
+    (published("h100-80gb", count=2), "does not match"),
+    ({"gpu-count": "eight", "gpu-models": "h100-80gb"}, "is not a number"),
+    (published(), "found no GPUs"),
+    (published("l40s", "l40s"), "no GPU of the node supports MIG"),
+])
+def test_what_the_agent_could_not_name_is_a_reason(data: dict[str, str], why: str) -> None:
+    """Fail closed: an unknown model, a count that disagrees with the list, no MIG GPU."""
+    with pytest.raises(UnknownGpus, match=why):
+        inventory_from_published(data, labels_of(gpu_model("h100-80gb")))

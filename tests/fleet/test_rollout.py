@@ -21,8 +21,6 @@ from fleet_kit import (
     STATE,
     Fleet,
     Harness,
-    cluster,
-    control_plane,
     harness,
     until,
 )
@@ -30,8 +28,8 @@ from kubernetes import client
 
 from migkit.agent.labels import OPERAND_DEPLOY_LABELS, RETRY_ANNOTATION
 
-# pytest finds fixtures among a test module's names: these come from fleet_kit (no conftest here).
-FIXTURES = (cluster, control_plane, harness)
+# pytest finds fixtures among a test module's names: this one comes from fleet_kit.
+FIXTURES = (harness,)
 TERMINAL = ("success", "failed")
 
 
@@ -156,8 +154,8 @@ def test_a_rollout_killed_mid_wave_finishes_on_rerun_without_relabelling_finishe
 
     # Once more: nothing left to do, nothing touched, exit 0.
     mark = recorder.mark()
-    code, report, _ = harness.rollout(*args)
-    assert code == 0 and report["counts"]["success"] == 20 and report["waves"] == []
+    code, report, err = harness.rollout(*args)
+    assert code == 0 and report["counts"]["success"] == 20 and report["waves"] == [], (code, report, err)
     assert not recorder.since(mark)
 
 
@@ -377,3 +375,62 @@ def test_two_rollouts_at_once_label_each_node_once(harness: Harness) -> None:
         assert len(tokens) == 1, (name, tokens)
         assert fleet.labels(name)[STATE] == "success"
         assert fleet.runs(name) == runs[name] + 1, name
+
+
+SPLIT = """\
+version: v1
+mig-configs:
+  split:
+    - devices: [0, 1, 2, 3]
+      mig-enabled: true
+      mig-devices: {3g.40gb: 2}
+    - devices: [4, 5, 6, 7]
+      mig-enabled: false
+"""
+
+
+def test_unlabelled_nodes_under_the_single_strategy_are_checked_by_the_gpus_their_agents_read(
+        harness: Harness) -> None:
+    """Nodes never given a MIG config, labelled by GFD's single strategy (gpu.count counts MIG
+    devices): each agent's ConfigMap exists from its start with the node's real GPUs, so a
+    config naming GPU indices is checked on them (fits the H100s, refused on the A100 for its
+    missing 3g.40gb), and a rollout of the generated all-3g.40gb changes the unlabelled H100s."""
+    fleet = harness.fleet("single", [(2, "h100-80gb"), (1, "a100-40gb")], initial_config=None)
+    for name in fleet.names:
+        labels = fleet.labels(name)
+        harness.core.patch_node(name, {"metadata": {"labels": {
+            "nvidia.com/gpu.product": labels["nvidia.com/gpu.product"] + "-MIG-1g.10gb",
+            "nvidia.com/gpu.count": "56"}}})
+    h100 = [n for n in fleet.names if fleet.spec_models[n] == "h100-80gb"]
+    a100 = [n for n in fleet.names if fleet.spec_models[n] == "a100-40gb"]
+    published = harness.config_maps()
+    for name in fleet.names:
+        data = published[f"{name}-mig-config"]
+        assert data["gpu-count"] == "8" and data["gpu-models"] == ",".join([fleet.spec_models[name]] * 8)
+        assert CONFIG not in fleet.labels(name)
+
+    split = harness.workdir / "split.yaml"
+    split.write_text(SPLIT)
+    code, report, err = harness.rollout("--selector", fleet.selector, "--config", "split", "--config-file",
+                                        str(split), "--dry-run")
+    assert code == 0, (report, err)
+    results = {r["node"]: r for r in report["nodes"]}
+    assert {n for n, r in results.items() if r["result"] == "planned"} == set(h100), results
+    assert "GPU 0,1,2,3 " in results[a100[0]]["detail"] and "3g.40gb" in results[a100[0]]["detail"]
+
+    recorder = fleet.record()
+    code, report, err = harness.rollout("--selector", fleet.selector, "--config", "all-3g.40gb",
+                                        "--max-unavailable", "2")
+    assert code == 1, (report, err)  # a node skipped: not everything done
+    results = {r["node"]: r for r in report["nodes"]}
+    for name in h100:
+        assert results[name]["result"] == "success" and results[name]["previous"] is None, results
+        assert fleet.labels(name)[STATE] == "success"
+    assert results[a100[0]]["result"] == "skipped" and "3g.40gb" in results[a100[0]]["detail"]
+    assert all(n != a100[0] for n, *_ in recorder.since(0))
+
+    code, out = harness.status("--selector", fleet.selector, "-o", "json")
+    assert code == 0, out
+    rows = {r["node"]: r for r in json.loads(out)["nodes"]}
+    assert rows[h100[0]]["gpus"] == "8x h100-80gb (NVIDIA-H100-80GB-HBM3-MIG-1g.10gb)"
+    assert "all-3g.40gb" in rows[h100[0]]["fits"] and "all-3g.40gb" not in rows[a100[0]]["fits"]

@@ -60,13 +60,15 @@ def backoff_delays(first: float = 0.2, cap: float = 10.0) -> Iterator[float]:
         delay = min(cap, delay * 2)
 
 
-def _is_retryable(err: BaseException) -> bool:
+def is_retryable(err: BaseException) -> bool:
+    """Whether an API error can pass: connection errors, 429 and the 5xx of an overloaded or restarting server."""
     if isinstance(err, ApiException):
         return int(err.status or 0) in RETRYABLE_STATUS
     return isinstance(err, (urllib3.exceptions.HTTPError, OSError))
 
 
-def _describe(err: BaseException) -> str:
+def describe(err: BaseException) -> str:
+    """One line for an API error: ``HTTP <status>: <the server's message>``, else the exception."""
     if isinstance(err, ApiException):
         reason = err.reason
         with contextlib.suppress(TypeError, ValueError, AttributeError):
@@ -109,13 +111,13 @@ class Kube:
             try:
                 return func()
             except Exception as err:
-                if not _is_retryable(err):
+                if not is_retryable(err):
                     status = int(err.status) if isinstance(err, ApiException) and err.status else None
-                    raise KubeError(f"{what}: {_describe(err)}", status) from None
+                    raise KubeError(f"{what}: {describe(err)}", status) from None
                 delay = next(delays)
                 if time.monotonic() + delay > deadline:
-                    raise KubeError(f"{what}: {_describe(err)} (gave up after {attempt} attempts)") from None
-                log.warning("%s: %s; retrying in %.1fs (attempt %d)", what, _describe(err), delay, attempt)
+                    raise KubeError(f"{what}: {describe(err)} (gave up after {attempt} attempts)") from None
+                log.warning("%s: %s; retrying in %.1fs (attempt %d)", what, describe(err), delay, attempt)
                 time.sleep(delay)
 
     # ------------------------------------------------------------------ the node

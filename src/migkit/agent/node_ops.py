@@ -14,13 +14,19 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import attrs
 
 from migkit.errors import MigkitError
+
+# The keys of the per-node ConfigMap (read back by ``migkit rollout`` and ``cluster status``).
+CONFIG_KEY = "config.yaml"
+GPU_COUNT_KEY = "gpu-count"
+GPU_MODELS_KEY = "gpu-models"
+UNKNOWN_MODEL = "unknown"
 
 
 class NodeOpsError(Exception):
@@ -42,15 +48,40 @@ class ApplyResult:
 
 
 @attrs.frozen
+class NodeInventory:
+    """What the agent publishes about its node: the generated config (None when this node's
+    profiles cannot be listed, with ``problem`` saying why) and each GPU's bundled model name
+    in the order a config's ``devices: [i]`` counts them ('' for a GPU no bundled table matches).
+    """
+
+    config: str | None
+    gpu_models: tuple[str, ...]
+    problem: str = ""
+
+    def config_map_data(self) -> dict[str, str]:
+        """The ``<node>-mig-config`` ConfigMap's data: ``config.yaml`` (when generated),
+        ``gpu-count`` and ``gpu-models`` (comma-separated, ``unknown`` for an unmatched GPU)."""
+        data = {GPU_COUNT_KEY: str(len(self.gpu_models)),
+                GPU_MODELS_KEY: ",".join(name or UNKNOWN_MODEL for name in self.gpu_models)}
+        if self.config is not None:
+            data[CONFIG_KEY] = self.config
+        return data
+
+
+@attrs.frozen
 class NodeOps:
     """Core operations on this node's GPUs.
 
     ``sim_state``: a simulated node's state file (``MIGKIT_SIM_STATE``); ``nvml_library``: an
-    explicit libnvidia-ml; neither: the driver found the usual way.
+    explicit libnvidia-ml; neither: the driver found the usual way. ``gpu_access``: a context
+    manager factory entered around every opening of the GPUs (nothing by default); a process
+    hosting several agents uses it to take turns on one NVML library, e.g.
+    ``NodeOps(sim_state=path, gpu_access=lambda: lock)``.
     """
 
     sim_state: str | None = None
     nvml_library: str | None = None
+    gpu_access: Callable[[], AbstractContextManager[object]] = attrs.field(default=nullcontext, eq=False)
 
     @classmethod
     def from_env(cls) -> NodeOps:
@@ -63,12 +94,13 @@ class NodeOps:
     def _node(self) -> Iterator[Any]:
         from migkit.nvml.node import open_node
 
-        try:
-            node = open_node(nvml_library=self.nvml_library, sim_state=self.sim_state)
-        except MigkitError as err:
-            raise NodeOpsError(f"cannot open the GPUs: {err}") from None
-        with node:
-            yield node
+        with self.gpu_access():
+            try:
+                node = open_node(nvml_library=self.nvml_library, sim_state=self.sim_state)
+            except MigkitError as err:
+                raise NodeOpsError(f"cannot open the GPUs: {err}") from None
+            with node:
+                yield node
 
     @staticmethod
     def load(path: str) -> Any:
@@ -133,16 +165,25 @@ class NodeOps:
             return ApplyResult(False, str(err))
         return ApplyResult(report.ok, report.summary().replace("\n", "; "))
 
-    def generated_config(self) -> str:
-        """``generate-config`` for this node's hardware, as YAML."""
+    def inventory(self) -> NodeInventory:
+        """The generated config and the GPUs' bundled model names, from one snapshot.
+
+        :class:`NodeOpsError` when the GPUs cannot be read at all; a node whose profiles cannot
+        be listed (``generate-config`` fails) still has its GPUs named, with ``config`` None.
+        """
         from migkit.export import render
         from migkit.generate import generate_config
 
         try:
             with self._node() as node:
-                return render(generate_config(node.snapshot()))
+                gpus = node.snapshot()
         except MigkitError as err:
-            raise NodeOpsError(f"cannot generate a config for this node: {err}") from None
+            raise NodeOpsError(f"cannot read the GPUs: {err}") from None
+        models = tuple(gpu.model_name or _bundled_name(gpu.pci_device_id, gpu.memory_mib) for gpu in gpus)
+        try:
+            return NodeInventory(render(generate_config(gpus)), models)
+        except MigkitError as err:
+            return NodeInventory(None, models, f"cannot generate a config for this node: {err}")
 
     def layout(self) -> str:
         """The node's current MIG state as an exported v1 document (for logs and tests)."""
@@ -150,6 +191,14 @@ class NodeOps:
 
         with self._node() as node:
             return render(export_config(node.snapshot()))
+
+
+def _bundled_name(pci_device_id: int, memory_mib: int) -> str:
+    """The bundled hardware table of a GPU by its PCI device id and memory; '' when none."""
+    from migkit.hardware import model_for_pci_id
+
+    model = model_for_pci_id(pci_device_id, memory_mib)
+    return model.name if model is not None else ""
 
 
 def summarize(lines: tuple[str, ...], most: int = 3) -> str:

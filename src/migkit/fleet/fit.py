@@ -1,8 +1,11 @@
 """Whether a MIG config fits a node, decided offline from what the cluster publishes.
 
-A node's GPUs are known from its GPU feature discovery labels (``nvidia.com/gpu.product`` and
-``nvidia.com/gpu.count``) matched against migkit's bundled hardware tables; the configs come
-from the node's ``<node>-mig-config`` ConfigMap (or a file given by the operator). The planner
+A node's GPUs are known from what its agent publishes in the node's ``<node>-mig-config``
+ConfigMap (``gpu-count`` and ``gpu-models``: each GPU's bundled model, read from the hardware),
+else from its GPU feature discovery labels (``nvidia.com/gpu.product`` and
+``nvidia.com/gpu.count``) matched against migkit's bundled hardware tables. Under GFD's single
+strategy the count label counts MIG devices, so only the ConfigMap gives the real count there.
+The configs come from the same ConfigMap's ``config.yaml`` (or a file given by the operator). The planner
 (:func:`migkit.planning.plan.plan_node`) then places every requested instance on fresh GPUs
 of that model. Pure: no I/O, no cluster access.
 
@@ -14,13 +17,14 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import attrs
 
+from migkit.agent.node_ops import GPU_COUNT_KEY, GPU_MODELS_KEY, UNKNOWN_MODEL
 from migkit.config import MigConfigFile
 from migkit.errors import MigkitError
-from migkit.hardware import gpu_models
+from migkit.hardware import gpu_model, gpu_models
 from migkit.models import GpuModel
 from migkit.planning.plan import plan_node
 
@@ -38,15 +42,29 @@ class UnknownGpus(ValueError):
 
 @attrs.frozen
 class GpuInventory:
-    """A node's GPUs as its labels tell them: one model, and how many (None: labels count MIG
-    devices instead of GPUs, as GFD's single strategy does)."""
+    """A node's GPUs: one model, and how many (None: labels count MIG devices instead of GPUs,
+    as GFD's single strategy does); or, as the agent read them, every GPU's model in order
+    (``gpus``, which then decides the fit)."""
 
     product: str
     model: GpuModel
     count: int | None
+    gpus: tuple[GpuModel, ...] = ()
 
     def describe(self) -> str:
+        if self.gpus:
+            groups: dict[str, int] = {}
+            for gpu in self.gpus:
+                groups[gpu.name] = groups.get(gpu.name, 0) + 1
+            return " + ".join(f"{n}x {name}" for name, n in groups.items())
         return f"{self.count if self.count is not None else '?'}x {self.model.name}"
+
+    def planning_models(self) -> tuple[GpuModel, ...] | None:
+        """The GPUs a config is planned on, in ``devices: [i]`` order; None when only the
+        model is known (single strategy labels)."""
+        if self.gpus:
+            return self.gpus
+        return None if self.count is None else (self.model,) * self.count
 
 
 @functools.cache
@@ -113,19 +131,53 @@ def inventory_from_labels(labels: dict[str, str]) -> GpuInventory:
     return GpuInventory(base, model, count)
 
 
+def inventory_from_published(data: Mapping[str, str], labels: Mapping[str, str]) -> GpuInventory:
+    """The node's GPUs from its agent's ConfigMap data (``gpu-count``, ``gpu-models``), else
+    (a ConfigMap without them) from its labels; :class:`UnknownGpus` when they cannot be known.
+
+    A GPU no bundled table matches, or a count that disagrees with the list, is a reason, never
+    a guess.
+    """
+    raw_count, raw_models = data.get(GPU_COUNT_KEY), data.get(GPU_MODELS_KEY)
+    if raw_count is None and raw_models is None:
+        return inventory_from_labels(dict(labels))
+    names = [n.strip() for n in (raw_models or "").split(",") if n.strip()]
+    try:
+        count = int(raw_count or "")
+    except ValueError:
+        raise UnknownGpus(f"the agent's {GPU_COUNT_KEY}={raw_count!r} is not a number of GPUs") from None
+    if count != len(names):
+        raise UnknownGpus(f"the agent's {GPU_COUNT_KEY}={count} does not match its {GPU_MODELS_KEY}={raw_models!r}")
+    if count <= 0:
+        raise UnknownGpus("the agent found no GPUs on the node")
+    models = []
+    for index, name in enumerate(names):
+        if name == UNKNOWN_MODEL:
+            raise UnknownGpus(f"GPU {index} matches none of migkit's hardware tables (the agent's {GPU_MODELS_KEY})")
+        try:
+            models.append(gpu_model(name))
+        except MigkitError:
+            raise UnknownGpus(f"GPU {index} is a {name!r}, which this migkit's hardware tables do not know") from None
+    mig = [m for m in models if m.mig_capable]
+    if not mig:
+        raise UnknownGpus(f"no GPU of the node supports MIG ({', '.join(sorted(set(names)))})")
+    product = product_value(mig[0].product_name)
+    return GpuInventory(product, mig[0], count, tuple(models))
+
+
 def fit_problem(config_file: MigConfigFile, name: str, gpus: GpuInventory) -> str | None:
     """Why config ``name`` of ``config_file`` cannot be applied to these GPUs; None when it fits."""
     entries = config_file.configs.get(name)
     if entries is None:
         return f"no config {name!r} in {config_file.file or 'the config'}"
-    count = gpus.count
-    if count is None:
+    models = gpus.planning_models()
+    if models is None:
         if any(entry.devices != "all" for entry in entries):
             return (f"config {name!r} names GPU indices, and the node's labels count MIG devices "
                     "(single strategy), not GPUs")
-        count = 1  # every GPU is the same model and `devices: all` treats each alike
+        models = (gpus.model,)  # every GPU is the same model and `devices: all` treats each alike
     try:
-        plan = plan_node(config_file, name, [gpus.model] * count)
+        plan = plan_node(config_file, name, list(models))
     except MigkitError as err:
         return _summarise(str(err).splitlines())
     if plan.errors:
@@ -162,5 +214,6 @@ __all__ = [
     "fit_problem",
     "fitting_configs",
     "inventory_from_labels",
+    "inventory_from_published",
     "product_value",
 ]

@@ -26,7 +26,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,8 @@ from migkit.agent.host import Host, PrefixRunner
 from migkit.agent.kube import Kube, load_api_client
 from migkit.agent.node_ops import NodeOps
 from migkit.agent.observe import Health
-from migkit.agent.reconcile import Handled, Reconciler, Trigger, decide_trigger
-from migkit.agent.runtime import ConfigSource, NodeWatch
+from migkit.agent.reconcile import Outcome, Trigger
+from migkit.agent.runtime import Worker
 from migkit.agent.settings import Settings
 from migkit.fleet.fit import COUNT_LABEL, MEMORY_LABEL, PRODUCT_LABEL, product_value
 
@@ -97,16 +97,17 @@ def _node_environment(pairs: tuple[tuple[str, str], ...]) -> Iterator[None]:
             os.environ[name] = ""
 
 
-@attrs.frozen
-class SharedNodeOps(NodeOps):
-    """The agent's core operations on one of several simulated nodes in this process."""
-
-    env: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_pairs)
+def shared_gpu_access(env: Mapping[str, str]) -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """``NodeOps.gpu_access`` for one of several simulated nodes in this process: its GPU work
+    waits its turn on the process's one NVML library, with this node's simulator variables set."""
+    pairs = _pairs(env)
 
     @contextlib.contextmanager
-    def _node(self) -> Iterator[Any]:
-        with _GPU_LOCK, _node_environment(self.env), NodeOps._node(self) as node:
-            yield node
+    def access() -> Iterator[None]:
+        with _GPU_LOCK, _node_environment(pairs):
+            yield
+
+    return access
 
 
 def node_labels(spec_model: str, gpus: int, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -162,8 +163,8 @@ class Outcomes:
 
 @attrs.define
 class ThreadAgent:
-    """One node's agent in a thread: the agent's NodeWatch, ConfigSource and Reconciler, driven
-    by the same loop as ``migkit agent`` (minus signals and the HTTP server)."""
+    """One node's agent in threads of this process: the agent's own :class:`Worker` (its watch
+    and its loop, without signals or the HTTP server) on the node's simulated GPUs."""
 
     sim: SimNode
     api_client: Any
@@ -172,8 +173,7 @@ class ThreadAgent:
     outcomes: Outcomes
     workdir: Path
     operand_wait_timeout: float = 30.0
-    health: Health = attrs.Factory(Health)
-    watch: NodeWatch | None = None
+    worker: Worker | None = None
 
     def settings(self) -> Settings:
         return Settings(
@@ -186,43 +186,21 @@ class ThreadAgent:
     def start(self) -> ThreadAgent:
         settings = self.settings()
         kube = Kube(self.api_client, self.sim.name, settings.api_retry_timeout, stop=self.stop)
-        self.watch = NodeWatch(kube, self.stop, self.health)
-        threading.Thread(target=self.watch.run, name=f"watch-{self.sim.name}", daemon=True).start()
-        worker = threading.Thread(target=self._work, args=(settings, kube), name=f"agent-{self.sim.name}",
-                                  daemon=True)
-        worker.start()
-        return self
-
-    def _work(self, settings: Settings, kube: Kube) -> None:
-        assert self.watch is not None
-        ops = SharedNodeOps(sim_state=self.sim.state_file, env=dict(self.sim.env))
+        ops = NodeOps(sim_state=self.sim.state_file, gpu_access=shared_gpu_access(dict(self.sim.env)))
         # No host services on a simulated node: nothing is run through this runner.
         host = Host(PrefixRunner(("false",)), str(self.workdir))
-        reconciler = Reconciler(kube, ops, host, settings, self.stop)
-        source = ConfigSource(settings, ops, kube)
-        handled = Handled()
-        while not self.stop.is_set():
-            self.health.beat("worker")
-            self.watch.changed.wait(30.0)
-            self.watch.changed.clear()
-            node = self.watch.snapshot()
-            if self.stop.is_set() or node is None:
-                continue
-            meta = node.get("metadata", {})
-            labels = meta.get("labels") or {}
-            annotations = meta.get("annotations") or {}
-            trigger = decide_trigger(labels, annotations, handled, None)
-            if trigger is Trigger.NONE:
-                continue
-            selected = labels[L.CONFIG_LABEL]
-            config, error = source.load()
-            retry = annotations.get(L.RETRY_ANNOTATION)
-            outcome = reconciler.run(selected, config, error, retry)
-            self.outcomes.add(self.sim.name, {"config": selected, "trigger": trigger.value, "result": outcome.state,
-                                              "step": outcome.step, "seconds": round(outcome.seconds, 3),
-                                              "disrupted": outcome.disrupted})
-            handled = Handled(selected, retry, None, True)
-            self.watch.changed.set()  # the label may have moved while we worked
+        self.worker = Worker(settings, kube, ops, host, self.stop, on_outcome=self._record).start()
+        return self
+
+    @property
+    def health(self) -> Health:
+        assert self.worker is not None, "not started"
+        return self.worker.health
+
+    def _record(self, config: str, trigger: Trigger, outcome: Outcome) -> None:
+        self.outcomes.add(self.sim.name, {"config": config, "trigger": trigger.value, "result": outcome.state,
+                                          "step": outcome.step, "seconds": round(outcome.seconds, 3),
+                                          "disrupted": outcome.disrupted})
 
 
 @attrs.define
@@ -253,8 +231,8 @@ class AgentPool:
     def close(self) -> None:
         self.stop.set()
         for agent in self.agents:
-            if agent.watch is not None:
-                agent.watch.changed.set()
+            if agent.worker is not None:
+                agent.worker.wake()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,30 +14,13 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import attrs
-import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from migkit.agent.kube import Gone, KubeError, backoff_delays, load_api_client
+from migkit.agent.kube import Gone, KubeError, backoff_delays, describe, is_retryable, load_api_client
 
 T = TypeVar("T")
-RETRYABLE_STATUS = frozenset({0, 429, 500, 502, 503, 504})
 MANAGED_BY = "app.kubernetes.io/managed-by=migkit-agent"
-
-
-def _retryable(err: BaseException) -> bool:
-    if isinstance(err, ApiException):
-        return int(err.status or 0) in RETRYABLE_STATUS
-    return isinstance(err, (urllib3.exceptions.HTTPError, OSError))
-
-
-def _describe(err: BaseException) -> str:
-    if isinstance(err, ApiException):
-        reason = err.reason
-        with contextlib.suppress(TypeError, ValueError, AttributeError):
-            reason = json.loads(err.body or "").get("message", reason)
-        return f"HTTP {err.status}: {reason}"
-    return f"{type(err).__name__}: {err}"
 
 
 @attrs.define
@@ -77,12 +60,12 @@ class Cluster:
             try:
                 return func()
             except Exception as err:
-                if not _retryable(err):
+                if not is_retryable(err):
                     status = int(err.status) if isinstance(err, ApiException) and err.status else None
-                    raise KubeError(f"{what}: {_describe(err)}", status) from None
+                    raise KubeError(f"{what}: {describe(err)}", status) from None
                 delay = next(delays)
                 if time.monotonic() + delay > deadline:
-                    raise KubeError(f"{what}: {_describe(err)} (gave up after {self.retry_timeout:g}s)") from None
+                    raise KubeError(f"{what}: {describe(err)} (gave up after {self.retry_timeout:g}s)") from None
                 time.sleep(delay)
 
     # ------------------------------------------------------------------ nodes

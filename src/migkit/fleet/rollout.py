@@ -31,7 +31,7 @@ import attrs
 from migkit.agent import labels as L
 from migkit.config import MigConfigFile, load_config
 from migkit.errors import MigkitError
-from migkit.fleet.fit import UnknownGpus, fit_problem, inventory_from_labels
+from migkit.fleet.fit import UnknownGpus, fit_problem, inventory_from_published
 from migkit.fleet.kube import Cluster, KubeError, NodeTracker
 from migkit.fleet.progress import (
     PHASE_APPLYING,
@@ -243,8 +243,9 @@ class Rollout:
             str | None):
         """Why the config cannot go on this node; None when it fits."""
         labels = node["metadata"].get("labels") or {}
+        published = (config_maps.get(f"{node['metadata']['name']}-mig-config") or {}).get("data") or {}
         try:
-            gpus = inventory_from_labels(labels)
+            gpus = inventory_from_published(published, labels)
         except UnknownGpus as err:
             return str(err)
         config = self._config_for(node["metadata"]["name"], config_maps, shared)
@@ -269,7 +270,7 @@ class Rollout:
                 raise RolloutError(f"config file {o.config_file}: {err}") from None
             if o.config not in shared.configs:
                 raise RolloutError(f"no config {o.config!r} in {o.config_file}")
-        config_maps = {} if shared is not None else self.cluster.agent_config_maps(o.namespace)
+        config_maps = self.cluster.agent_config_maps(o.namespace)  # the GPUs each agent read, and its config
 
         in_flight: dict[str, Progress] = {}
         todo: list[str] = []

@@ -11,7 +11,7 @@ import attrs
 from migkit.agent import labels as L
 from migkit.config import load_config
 from migkit.errors import MigkitError
-from migkit.fleet.fit import PRODUCT_LABEL, UnknownGpus, fitting_configs, inventory_from_labels
+from migkit.fleet.fit import PRODUCT_LABEL, UnknownGpus, fitting_configs, inventory_from_published
 from migkit.fleet.kube import Cluster
 from migkit.fleet.progress import Progress
 
@@ -50,7 +50,7 @@ def collect(cluster: Cluster, namespace: str, selector: str = "") -> list[NodeSt
     config_maps = cluster.agent_config_maps(namespace)
     events = cluster.node_events()
     parsed: dict[str, Any] = {}
-    fits_cache: dict[tuple[str, str, int | None], tuple[str, ...]] = {}
+    fits_cache: dict[tuple[str, str, int | None, tuple[str, ...]], tuple[str, ...]] = {}
     rows = []
     for node in nodes:
         if not is_mig_node(node, config_maps):
@@ -60,12 +60,13 @@ def collect(cluster: Cluster, namespace: str, selector: str = "") -> list[NodeSt
         annotations = node["metadata"].get("annotations") or {}
         event = events.get(name) or {}
         gpus_text = fits = problem = None
+        published = (config_maps.get(f"{name}-mig-config") or {}).get("data") or {}
         try:
-            gpus = inventory_from_labels(labels)
-            gpus_text = f"{gpus.describe()} ({labels.get(PRODUCT_LABEL)})"
+            gpus = inventory_from_published(published, labels)
+            gpus_text = f"{gpus.describe()} ({labels.get(PRODUCT_LABEL) or gpus.product})"
         except UnknownGpus as err:
             gpus, problem = None, str(err)
-        text = ((config_maps.get(f"{name}-mig-config") or {}).get("data") or {}).get("config.yaml")
+        text = published.get("config.yaml")
         if text is None:
             problem = problem or f"no ConfigMap {namespace}/{name}-mig-config"
         elif gpus is not None:
@@ -78,7 +79,7 @@ def collect(cluster: Cluster, namespace: str, selector: str = "") -> list[NodeSt
             if isinstance(config, str):
                 problem = config
             else:
-                key = (text, gpus.model.name, gpus.count)
+                key = (text, gpus.model.name, gpus.count, tuple(m.name for m in gpus.gpus))
                 if key not in fits_cache:
                     fits_cache[key] = fitting_configs(config, gpus)
                 fits = fits_cache[key]
