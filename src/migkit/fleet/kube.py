@@ -6,7 +6,6 @@ raise :class:`migkit.agent.kube.KubeError` at once.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
@@ -33,7 +32,6 @@ class Cluster:
     requests: int = 0
     core: Any = attrs.field(init=False)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
-    _watches: set[Any] = attrs.field(init=False, factory=set)  # open watch streams
 
     def __attrs_post_init__(self) -> None:
         self.core = client.CoreV1Api(self.api_client)
@@ -86,7 +84,6 @@ class Cluster:
             allow_watch_bookmarks=True, timeout_seconds=timeout_seconds, _preload_content=False,
             _request_timeout=(self.request_timeout, timeout_seconds + 15),
         )
-        self._watches.add(resp)
         try:
             buffer = b""
             for chunk in resp.stream(65536, decode_content=True):
@@ -103,14 +100,8 @@ class Cluster:
                         raise KubeError(f"watch nodes: {obj.get('message', obj)}", obj.get("code"))
                     yield kind, obj
         finally:
-            self._watches.discard(resp)
             resp.release_conn()
 
-    def close_watches(self) -> None:
-        """Close every open watch stream, so a thread reading one returns at once."""
-        for resp in list(self._watches):
-            with contextlib.suppress(Exception):
-                resp.close()
 
     def read_node(self, name: str) -> dict[str, Any]:
         return self.call(f"read node {name}", lambda: self._json(self.core.read_node, name))
@@ -173,6 +164,11 @@ def _event_ns(event: Mapping[str, Any]) -> int:
         return int(str(event["metadata"]["name"]).rsplit(".", 1)[1], 16)
     except (KeyError, IndexError, ValueError):
         return 0
+
+
+# Seconds the server keeps one watch request open: short, so that the watch thread notices a
+# stop request soon (one more request every few seconds costs the API server nothing).
+_WATCH_WINDOW = 3
 
 
 @attrs.define
@@ -246,7 +242,7 @@ class NodeTracker:
                     items, version = self.cluster.list_nodes(self.selector)
                     for item in items:
                         self._deliver("MODIFIED", item)
-                for kind, obj in self.cluster.watch_nodes(self.selector, version, 60):
+                for kind, obj in self.cluster.watch_nodes(self.selector, version, _WATCH_WINDOW):
                     version = str(obj.get("metadata", {}).get("resourceVersion") or version)
                     if kind != "BOOKMARK":
                         self._deliver(kind, obj)
@@ -261,14 +257,14 @@ class NodeTracker:
                     return
 
     def close(self) -> None:
-        """Stop the watch thread and wait for it (briefly): a thread still inside an HTTP read
-        when the interpreter shuts down can abort the process."""
+        """Stop the watch thread and wait for it: a thread still inside an HTTP read when the
+        interpreter shuts down can abort the process. The watch asks the server to end each
+        request after a short window, so the thread sees the stop flag within that window."""
         self.stop.set()
         with self._changed:
             self._changed.notify_all()
-        self.cluster.close_watches()
         if self._thread is not None:
-            self._thread.join(10)
+            self._thread.join(_WATCH_WINDOW + 5)
 
 
 __all__ = ["Cluster", "KubeError", "NodeTracker"]
