@@ -40,6 +40,29 @@ class Gone(Exception):
     """The watch's resourceVersion is too old (410): list again."""
 
 
+def watch_events(resp: Any, what: str, chunk: int = 4096) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The (type, object) events of a watch response streamed line by line; :class:`Gone` on
+    410 (list again), :class:`KubeError` on any other error event. The connection is released
+    however the iteration ends."""
+    try:
+        buffer = b""
+        for data in resp.stream(chunk, decode_content=True):
+            buffer += data
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                kind, obj = event.get("type"), event.get("object") or {}
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        raise Gone(obj.get("message", "resource version too old"))
+                    raise KubeError(f"{what}: {obj.get('message', obj)}", obj.get("code"))
+                yield kind, obj
+    finally:
+        resp.release_conn()
+
+
 def load_api_client(kubeconfig: str | None) -> Any:
     """In-cluster config when running in a Pod without KUBECONFIG, else the kubeconfig file."""
     if kubeconfig:
@@ -139,23 +162,7 @@ class Kube:
             _preload_content=False,
             _request_timeout=(self.request_timeout, timeout_seconds + 15),
         )
-        try:
-            buffer = b""
-            for chunk in resp.stream(4096, decode_content=True):
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
-                    kind, obj = event.get("type"), event.get("object") or {}
-                    if kind == "ERROR":
-                        if obj.get("code") == 410:
-                            raise Gone(obj.get("message", "resource version too old"))
-                        raise KubeError(f"watch: {obj.get('message', obj)}", obj.get("code"))
-                    yield kind, obj
-        finally:
-            resp.release_conn()
+        yield from watch_events(resp, "watch", 4096)
 
     def read_node(self) -> dict[str, Any]:
         return self.call("read node", lambda: self._json(self.core.read_node, self.node_name))

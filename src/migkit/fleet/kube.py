@@ -16,7 +16,15 @@ import attrs
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from migkit.agent.kube import Gone, KubeError, backoff_delays, describe, is_retryable, load_api_client
+from migkit.agent.kube import (
+    Gone,
+    KubeError,
+    backoff_delays,
+    describe,
+    is_retryable,
+    load_api_client,
+    watch_events,
+)
 
 T = TypeVar("T")
 MANAGED_BY = "app.kubernetes.io/managed-by=migkit-agent"
@@ -84,23 +92,7 @@ class Cluster:
             allow_watch_bookmarks=True, timeout_seconds=timeout_seconds, _preload_content=False,
             _request_timeout=(self.request_timeout, timeout_seconds + 15),
         )
-        try:
-            buffer = b""
-            for chunk in resp.stream(65536, decode_content=True):
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
-                    kind, obj = event.get("type"), event.get("object") or {}
-                    if kind == "ERROR":
-                        if obj.get("code") == 410:
-                            raise Gone(obj.get("message", "resource version too old"))
-                        raise KubeError(f"watch nodes: {obj.get('message', obj)}", obj.get("code"))
-                    yield kind, obj
-        finally:
-            resp.release_conn()
+        yield from watch_events(resp, "watch nodes", 65536)
 
 
     def read_node(self, name: str) -> dict[str, Any]:
@@ -200,15 +192,9 @@ class NodeTracker:
             return self.nodes.get(name)
 
     def update(self, obj: dict[str, Any]) -> None:
-        """Take a node object we just got back from a patch (newer than or as new as the watch's)."""
-        name = obj["metadata"]["name"]
-        with self._changed:
-            current = self.nodes.get(name)
-            if current is None or int(obj["metadata"]["resourceVersion"]) >= int(
-                    current["metadata"]["resourceVersion"]):
-                self.nodes[name] = obj
-            self._version += 1
-            self._changed.notify_all()
+        """Take a node object we just got back from a patch (kept only if at least as new as
+        the watch's copy)."""
+        self._deliver("MODIFIED", obj)
 
     def version(self) -> int:
         with self._changed:
