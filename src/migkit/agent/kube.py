@@ -40,6 +40,28 @@ class Gone(Exception):
     """The watch's resourceVersion is too old (410): list again."""
 
 
+def call_with_retries(what: str, func: Callable[[], T], limit: float, *, log_retries: bool = False) -> T:
+    """Run ``func``; retry errors worth retrying (:func:`is_retryable`) with capped backoff for
+    up to ``limit`` seconds. Raises :class:`KubeError` saying what failed and why."""
+    deadline = time.monotonic() + limit
+    delays = backoff_delays()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return func()
+        except Exception as err:
+            if not is_retryable(err):
+                status = int(err.status) if isinstance(err, ApiException) and err.status else None
+                raise KubeError(f"{what}: {describe(err)}", status) from None
+            delay = next(delays)
+            if time.monotonic() + delay > deadline:
+                raise KubeError(f"{what}: {describe(err)} (gave up after {attempt} attempts)") from None
+            if log_retries:
+                log.warning("%s: %s; retrying in %.1fs (attempt %d)", what, describe(err), delay, attempt)
+            time.sleep(delay)
+
+
 def watch_events(resp: Any, what: str, chunk: int = 4096) -> Iterator[tuple[str, dict[str, Any]]]:
     """The (type, object) events of a watch response streamed line by line; :class:`Gone` on
     410 (list again), :class:`KubeError` on any other error event. The connection is released
@@ -126,22 +148,7 @@ class Kube:
     def call(self, what: str, func: Callable[[], T], *, retry_timeout: float | None = None) -> T:
         """Run ``func``; retry passing errors with capped backoff until the deadline."""
         limit = self.retry_timeout if retry_timeout is None else retry_timeout
-        deadline = time.monotonic() + limit
-        delays = backoff_delays()
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return func()
-            except Exception as err:
-                if not is_retryable(err):
-                    status = int(err.status) if isinstance(err, ApiException) and err.status else None
-                    raise KubeError(f"{what}: {describe(err)}", status) from None
-                delay = next(delays)
-                if time.monotonic() + delay > deadline:
-                    raise KubeError(f"{what}: {describe(err)} (gave up after {attempt} attempts)") from None
-                log.warning("%s: %s; retrying in %.1fs (attempt %d)", what, describe(err), delay, attempt)
-                time.sleep(delay)
+        return call_with_retries(what, func, limit, log_retries=True)
 
     # ------------------------------------------------------------------ the node
 

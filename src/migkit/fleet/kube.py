@@ -14,14 +14,12 @@ from typing import Any, TypeVar
 
 import attrs
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from migkit.agent.kube import (
     Gone,
     KubeError,
     backoff_delays,
-    describe,
-    is_retryable,
+    call_with_retries,
     load_api_client,
     watch_events,
 )
@@ -60,19 +58,7 @@ class Cluster:
         return json.loads(data) if data else None
 
     def call(self, what: str, func: Callable[[], T]) -> T:
-        deadline = time.monotonic() + self.retry_timeout
-        delays = backoff_delays()
-        while True:
-            try:
-                return func()
-            except Exception as err:
-                if not is_retryable(err):
-                    status = int(err.status) if isinstance(err, ApiException) and err.status else None
-                    raise KubeError(f"{what}: {describe(err)}", status) from None
-                delay = next(delays)
-                if time.monotonic() + delay > deadline:
-                    raise KubeError(f"{what}: {describe(err)} (gave up after {self.retry_timeout:g}s)") from None
-                time.sleep(delay)
+        return call_with_retries(what, func, self.retry_timeout)
 
     # ------------------------------------------------------------------ nodes
 
