@@ -168,8 +168,8 @@ class Profile:
     encoders: int = 0
     jpegs: int = 0
     ofas: int = 0
-    capabilities: int = 0
     compute_profiles: tuple[ComputeProfile, ...] = ()
+    capabilities: int = 0  # NVML's capability bits of the profile
     device_memory_mib: int = 0  # memory a MIG device of this profile reports (0 = memory_mib)
     mark: str = "observed"
     placements_mark: str = "observed"

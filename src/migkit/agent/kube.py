@@ -40,6 +40,17 @@ class Gone(Exception):
     """The watch's resourceVersion is too old (410): list again."""
 
 
+def json_call(func: Callable[..., Any], request_timeout: float, *args: Any, **kwargs: Any) -> Any:
+    """Call a client method without its model classes: the response's JSON as plain data
+    (None for an empty body), the connection released."""
+    resp = func(*args, _preload_content=False, _request_timeout=request_timeout, **kwargs)
+    try:
+        data = resp.data
+    finally:
+        resp.release_conn()
+    return json.loads(data) if data else None
+
+
 def call_with_retries(what: str, func: Callable[[], T], limit: float, *, log_retries: bool = False) -> T:
     """Run ``func``; retry errors worth retrying (:func:`is_retryable`) with capped backoff for
     up to ``limit`` seconds. Raises :class:`KubeError` saying what failed and why."""
@@ -138,12 +149,7 @@ class Kube:
     # ------------------------------------------------------------------ plumbing
 
     def _json(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        resp = func(*args, _preload_content=False, _request_timeout=self.request_timeout, **kwargs)
-        try:
-            data = resp.data
-        finally:
-            resp.release_conn()
-        return json.loads(data) if data else None
+        return json_call(func, self.request_timeout, *args, **kwargs)
 
     def call(self, what: str, func: Callable[[], T], *, retry_timeout: float | None = None) -> T:
         """Run ``func``; retry passing errors with capped backoff until the deadline."""

@@ -6,7 +6,6 @@ raise :class:`migkit.agent.kube.KubeError` at once.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -20,6 +19,7 @@ from migkit.agent.kube import (
     KubeError,
     backoff_delays,
     call_with_retries,
+    json_call,
     load_api_client,
     watch_events,
 )
@@ -50,12 +50,7 @@ class Cluster:
     def _json(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         with self._lock:
             self.requests += 1
-        resp = func(*args, _preload_content=False, _request_timeout=self.request_timeout, **kwargs)
-        try:
-            data = resp.data
-        finally:
-            resp.release_conn()
-        return json.loads(data) if data else None
+        return json_call(func, self.request_timeout, *args, **kwargs)
 
     def call(self, what: str, func: Callable[[], T]) -> T:
         return call_with_retries(what, func, self.retry_timeout)
