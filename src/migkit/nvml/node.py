@@ -19,7 +19,7 @@ import subprocess
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar, overload
 
 from migkit.errors import MigkitError, ResetFailed
 from migkit.models import GpuState
@@ -74,29 +74,78 @@ class NodeLike(Protocol):
     def snapshot(self, *, tables: bool = True) -> tuple[GpuState, ...]: ...
 
     def create_gpu_instances(
-        self, requests: Iterable[GpuInstanceRequest], *, stop_on_error: bool = False
-    ) -> tuple[GpuInstanceResult, ...]: ...
+        self, requests: Iterable[GpuInstanceRequest], /, *, stop_on_error: bool = False
+    ) -> tuple[GpuInstanceResult, ...]:
+        """Create GPU instances at their explicit placements, in order, in one batch.
+
+        With ``stop_on_error`` the items after the first failure are not attempted (``status
+        == STATUS_NOT_ATTEMPTED``). Under ``MIGKIT_READ_ONLY`` every batch raises
+        :class:`~migkit.errors.ReadOnlyError` before any NVML call.
+        """
+        ...
 
     def create_compute_instances(
-        self, requests: Iterable[ComputeInstanceRequest], *, stop_on_error: bool = False
-    ) -> tuple[ComputeInstanceResult, ...]: ...
+        self, requests: Iterable[ComputeInstanceRequest], /, *, stop_on_error: bool = False
+    ) -> tuple[ComputeInstanceResult, ...]:
+        """Create compute instances in existing GPU instances (named by GI id)."""
+        ...
 
     def destroy_compute_instances(
-        self, refs: Iterable[ComputeInstanceRef], *, stop_on_error: bool = False
+        self, refs: Iterable[ComputeInstanceRef], /, *, stop_on_error: bool = False
     ) -> tuple[DestroyResult, ...]: ...
 
     def destroy_gpu_instances(
-        self, refs: Iterable[GpuInstanceRef], *, stop_on_error: bool = False
-    ) -> tuple[DestroyResult, ...]: ...
+        self, refs: Iterable[GpuInstanceRef], /, *, stop_on_error: bool = False
+    ) -> tuple[DestroyResult, ...]:
+        """Destroy GPU instances; their compute instances must be destroyed first (an
+        earlier batch, or earlier in the same apply)."""
+        ...
 
     def set_mig_mode(
-        self, requests: Iterable[MigModeRequest], *, stop_on_error: bool = False
-    ) -> tuple[MigModeResult, ...]: ...
+        self, requests: Iterable[MigModeRequest], /, *, stop_on_error: bool = False
+    ) -> tuple[MigModeResult, ...]:
+        """Set MIG modes; each result has the activation status and the modes read back."""
+        ...
 
     def reset_gpus(self, gpus: Sequence[GpuState]) -> None:
         """Reset exactly these GPUs so that a pending MIG mode takes effect; raises
         :class:`~migkit.errors.ResetFailed` with the reason."""
         ...
+
+
+_Item = TypeVar("_Item", contravariant=True)
+_Result = TypeVar("_Result", covariant=True)
+
+
+class BatchCall(Protocol[_Item, _Result]):
+    """One bulk operation: its items in, one result per item out, in order."""
+
+    def __call__(self, items: Iterable[_Item], /, *, stop_on_error: bool = False) -> tuple[_Result, ...]: ...
+
+
+class _Batch(Generic[_Item, _Result]):
+    """A bulk operation as a method of :class:`Node`: refused once the node is closed."""
+
+    def __init__(self, call: BatchCall[_Item, _Result]) -> None:
+        self._call = call
+        self.__doc__ = call.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, node: None, owner: type) -> _Batch[_Item, _Result]: ...
+
+    @overload
+    def __get__(self, node: Node, owner: type | None = None) -> BatchCall[_Item, _Result]: ...
+
+    def __get__(
+        self, node: Node | None, owner: type | None = None
+    ) -> _Batch[_Item, _Result] | BatchCall[_Item, _Result]:
+        if node is None:
+            return self
+        node._check_open()
+        return self._call
 
 
 class Node:
@@ -196,45 +245,15 @@ class Node:
 
     # ------------------------------------------------------------------ changing
 
-    def create_gpu_instances(
-        self, requests: Iterable[GpuInstanceRequest], *, stop_on_error: bool = False
-    ) -> tuple[GpuInstanceResult, ...]:
-        """Create GPU instances at their explicit placements, in order (one shim call).
-
-        With ``stop_on_error`` the items after the first failure are not attempted
-        (``status == STATUS_NOT_ATTEMPTED``). Raises :class:`~migkit.errors.ReadOnlyError`,
-        before any NVML call, when ``MIGKIT_READ_ONLY`` is set.
-        """
-        self._check_open()
-        return _nvml.create_gpu_instances(requests, stop_on_error=stop_on_error)
-
-    def create_compute_instances(
-        self, requests: Iterable[ComputeInstanceRequest], *, stop_on_error: bool = False
-    ) -> tuple[ComputeInstanceResult, ...]:
-        """Create compute instances in existing GPU instances (by GI id), in order."""
-        self._check_open()
-        return _nvml.create_compute_instances(requests, stop_on_error=stop_on_error)
-
-    def destroy_compute_instances(
-        self, refs: Iterable[ComputeInstanceRef], *, stop_on_error: bool = False
-    ) -> tuple[DestroyResult, ...]:
-        """Destroy compute instances, in order."""
-        self._check_open()
-        return _nvml.destroy_compute_instances(refs, stop_on_error=stop_on_error)
-
-    def destroy_gpu_instances(
-        self, refs: Iterable[GpuInstanceRef], *, stop_on_error: bool = False
-    ) -> tuple[DestroyResult, ...]:
-        """Destroy GPU instances (destroy their compute instances first), in order."""
-        self._check_open()
-        return _nvml.destroy_gpu_instances(refs, stop_on_error=stop_on_error)
-
-    def set_mig_mode(
-        self, requests: Iterable[MigModeRequest], *, stop_on_error: bool = False
-    ) -> tuple[MigModeResult, ...]:
-        """Set MIG modes; each result has the activation status and the modes read back."""
-        self._check_open()
-        return _nvml.set_mig_mode(requests, stop_on_error=stop_on_error)
+    # Each batch is one shim call over all its items, in order; each item gets its own result.
+    # With ``stop_on_error`` the items after the first failure are not attempted (``status ==
+    # STATUS_NOT_ATTEMPTED``); under ``MIGKIT_READ_ONLY`` a batch raises
+    # :class:`~migkit.errors.ReadOnlyError` before any NVML call.
+    create_gpu_instances = _Batch(_nvml.create_gpu_instances)
+    create_compute_instances = _Batch(_nvml.create_compute_instances)
+    destroy_compute_instances = _Batch(_nvml.destroy_compute_instances)
+    destroy_gpu_instances = _Batch(_nvml.destroy_gpu_instances)
+    set_mig_mode = _Batch(_nvml.set_mig_mode)
 
     def reset_gpus(self, gpus: Sequence[GpuState]) -> None:
         """Reset exactly these GPUs so that a pending MIG mode takes effect.
